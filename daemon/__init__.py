@@ -1,0 +1,1 @@
+"""marllb daemon: lbd, lbctl, policies and the shared-memory attach layer."""

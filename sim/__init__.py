@@ -1,0 +1,1 @@
+"""marllb simulator: traces, cluster model, training and evaluation."""
