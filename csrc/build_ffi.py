@@ -12,11 +12,8 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 
 # Read by cdef in this order: each file may use the types of those before it.
-CDEF_HEADERS = [
-    "shm_layout/mlb_shm.h",
-    "csrc/mlb_core_api.h",
-    "vpp_plugin/core/dp_core_api.h",
-]
+CORE_CDEF_HEADERS = ["shm_layout/mlb_shm.h", "csrc/mlb_core_api.h"]
+CDEF_HEADERS = CORE_CDEF_HEADERS + ["vpp_plugin/core/dp_core_api.h"]
 C_INCLUDES = ["csrc/mlb_core.h", "vpp_plugin/core/dp_core.h"]
 SOURCE_DIRS = ["csrc", "vpp_plugin/core"]
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fno-strict-aliasing"]
@@ -26,8 +23,8 @@ def _existing(paths: list[str]) -> list[str]:
     return [p for p in paths if (ROOT / p).exists()]
 
 
-def cdef_text() -> str:
-    return "\n".join((ROOT / p).read_text() for p in _existing(CDEF_HEADERS))
+def cdef_text(headers: list[str] = CDEF_HEADERS) -> str:
+    return "\n".join((ROOT / p).read_text() for p in _existing(headers))
 
 
 def make_ffi() -> FFI:
