@@ -1,0 +1,251 @@
+"""Per-server features from one msg_out view: THE feature implementation.
+
+Shared by the daemon (every tick), the simulator's training env and the
+evaluation, so a learned policy sees in production exactly what it saw in
+training.  Input is a cffi ``mlb_out_view_t *`` (``Region.snapshot_view`` or
+``lib.mlb_out_snapshot_view``): msg_out with each server's reservoirs already
+merged across workers in C.  Reservoir summaries come from ONE call of
+``lib.mlb_reservoir_stats_many``; everything else is vectorised numpy over the
+server table read through ``ffi.buffer`` (no per-server Python loops).
+
+Robustness: whatever the data plane wrote (NaN, inf, negative or huge values,
+empty reservoirs, a garbage server count) leaves this module finite,
+non-negative and bounded.  The only state is what rates need: the previous
+frame's counters and time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from marllb.daemon._core import ffi, lib
+
+MAX_SERVERS: int = lib.MLB_MAX_SERVERS
+DEFAULT_DECAY_PER_S = 0.9
+
+# Bounds applied to every value that leaves this module.
+MAX_COUNT = 1e12        # flows (active, counters)
+MAX_RATE = 1e9          # new flows per second
+MAX_SECONDS = 1e6       # FCT / age statistics, seconds
+MAX_WEIGHT = 1e9        # static / in-force weights
+
+STAT_NAMES = ("mean", "p90", "std", "dmean", "dp90")
+
+# The columns of observation_matrix(), in order.
+FEATURE_NAMES: tuple[str, ...] = (
+    "active",
+    "new_flow_rate",
+    *(f"fct_{s}" for s in STAT_NAMES),
+    "fct_count",
+    *(f"age_{s}" for s in STAT_NAMES),
+    "age_count",
+    "static_weight",
+    "up",
+)
+
+# numpy views of the C structs (layout checked against cffi at import).
+SERVER_DTYPE = np.dtype(
+    [
+        ("id", "<u4"),
+        ("admin_state", "<u4"),
+        ("static_weight", "<f8"),
+        ("weight", "<f8"),
+        ("new_flows", "<u8"),
+        ("completed_flows", "<u8"),
+        ("active_flows", "<u8"),
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("timeouts", "<u8"),
+    ]
+)
+STATS_DTYPE = np.dtype(
+    [
+        ("mean", "<f8"),
+        ("std", "<f8"),
+        ("p90", "<f8"),
+        ("dmean", "<f8"),
+        ("dp90", "<f8"),
+        ("count", "<u4"),
+        ("_pad", "<u4"),
+    ]
+)
+assert SERVER_DTYPE.itemsize == ffi.sizeof("mlb_server_stats_t")
+assert STATS_DTYPE.itemsize == ffi.sizeof("mlb_stats_t")
+for _name in SERVER_DTYPE.names:
+    assert SERVER_DTYPE.fields[_name][1] == ffi.offsetof("mlb_server_stats_t", _name)
+for _name in STATS_DTYPE.names:
+    assert STATS_DTYPE.fields[_name][1] == ffi.offsetof("mlb_stats_t", _name)
+
+
+def _finite(x: np.ndarray, hi: float, lo: float = 0.0) -> np.ndarray:
+    """float64 copy with NaN -> lo, +inf -> hi, -inf -> lo, clipped to [lo, hi]."""
+    out = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=lo, posinf=hi, neginf=lo)
+    return np.clip(out, lo, hi, out=out)
+
+
+@dataclass
+class Features:
+    """Sanitised per-server features over the n active servers of one frame."""
+
+    server_id: np.ndarray          # (n,) uint32
+    admin_state: np.ndarray        # (n,) uint32, MLB_ADMIN_*; unknown values -> DOWN
+    static_weight: np.ndarray      # (n,) float64 >= 0
+    weight: np.ndarray             # (n,) float64 >= 0, the weight in force
+    active: np.ndarray             # (n,) float64 >= 0, active flows
+    new_flow_rate: np.ndarray      # (n,) float64 >= 0, new flows / s of data-plane time
+    fct: np.ndarray                # (n, 5) float64 seconds: mean, p90, std, dmean, dp90
+    fct_count: np.ndarray          # (n,) int64 live samples (0: stats are 0)
+    age: np.ndarray                # (n, 5) float64 seconds, in-progress flow ages
+    age_count: np.ndarray          # (n,) int64
+    t_ns: int = 0                  # data-plane time of the frame
+    frame_no: int = 0
+    dp_gen: int = 0
+    meta: dict[str, int] = field(default_factory=dict)  # a few frame counters
+
+    @property
+    def n(self) -> int:
+        return int(self.server_id.shape[0])
+
+    @property
+    def up(self) -> np.ndarray:
+        return self.admin_state == lib.MLB_ADMIN_UP
+
+    @classmethod
+    def empty(cls, n: int = 0) -> Features:
+        z = np.zeros(n)
+        return cls(
+            server_id=np.arange(n, dtype=np.uint32),
+            admin_state=np.zeros(n, dtype=np.uint32),
+            static_weight=np.ones(n),
+            weight=np.ones(n),
+            active=z.copy(),
+            new_flow_rate=z.copy(),
+            fct=np.zeros((n, 5)),
+            fct_count=np.zeros(n, dtype=np.int64),
+            age=np.zeros((n, 5)),
+            age_count=np.zeros(n, dtype=np.int64),
+        )
+
+
+def _stats_block(st: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) STATS_DTYPE -> ((n,5) finite seconds, (n,) counts); empty -> 0."""
+    cols = np.stack([st[s] for s in STAT_NAMES], axis=1)
+    count = st["count"].astype(np.int64)
+    cols[count == 0] = 0.0
+    return _finite(cols, MAX_SECONDS), count
+
+
+class FeatureExtractor:
+    """Turns successive views into Features; keeps the previous counters for rates."""
+
+    def __init__(self, decay_per_s: float = DEFAULT_DECAY_PER_S) -> None:
+        if not (0.0 < decay_per_s <= 1.0):
+            raise ValueError(f"decay_per_s must be in (0, 1], got {decay_per_s}")
+        self.decay_per_s = float(decay_per_s)
+        self._stats = ffi.new("mlb_stats_t[]", 2 * MAX_SERVERS)
+        self._stats_np = np.frombuffer(ffi.buffer(self._stats), dtype=STATS_DTYPE)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous frame (e.g. after a data-plane restart)."""
+        self._prev_gen: int | None = None
+        self._prev_t_ns = 0
+        self._prev_frame = 0
+        self._prev_ids: np.ndarray | None = None
+        self._prev_new: np.ndarray | None = None
+        self._prev_rate: np.ndarray | None = None
+
+    def update(self, view: Any) -> Features:
+        """Features of one ``mlb_out_view_t *`` (copied out; the view may be reused)."""
+        meta = view.meta
+        n = int(meta.n_servers)
+        n = min(max(n, 0), MAX_SERVERS)
+        t_ns = int(meta.t_ns)
+        frame_no = int(meta.frame_no)
+        dp_gen = int(meta.dp_gen)
+
+        srv = np.frombuffer(ffi.buffer(view.servers), dtype=SERVER_DTYPE, count=n).copy()
+        merged = ffi.cast("mlb_reservoir_t *", view.merged)
+        lib.mlb_reservoir_stats_many(merged, 2 * n, t_ns, self.decay_per_s, self._stats)
+        st = self._stats_np[: 2 * n].reshape(n, 2)
+        fct, fct_count = _stats_block(st[:, lib.MLB_RES_FCT])
+        age, age_count = _stats_block(st[:, lib.MLB_RES_AGE])
+
+        admin = srv["admin_state"].copy()
+        admin[admin > lib.MLB_ADMIN_DOWN] = lib.MLB_ADMIN_DOWN
+        ids = srv["id"].copy()
+        new_flows = srv["new_flows"].astype(np.float64)
+
+        rate = self._rate(ids, new_flows, t_ns, frame_no, dp_gen)
+
+        self._prev_gen = dp_gen
+        self._prev_t_ns = t_ns
+        self._prev_frame = frame_no
+        self._prev_ids = ids
+        self._prev_new = new_flows
+        self._prev_rate = rate
+
+        return Features(
+            server_id=ids,
+            admin_state=admin,
+            static_weight=_finite(srv["static_weight"], MAX_WEIGHT),
+            weight=_finite(srv["weight"], MAX_WEIGHT),
+            active=_finite(srv["active_flows"], MAX_COUNT),
+            new_flow_rate=rate,
+            fct=fct,
+            fct_count=fct_count,
+            age=age,
+            age_count=age_count,
+            t_ns=t_ns,
+            frame_no=frame_no,
+            dp_gen=dp_gen,
+            meta={
+                "active_mode": int(meta.active_mode),
+                "weights_source": int(meta.weights_source),
+                "msg_in_accepted": int(meta.msg_in_accepted),
+                "msg_in_rej_stale": int(meta.msg_in_rej_stale),
+                "msg_in_rej_gen": int(meta.msg_in_rej_gen),
+                "msg_in_rej_invalid": int(meta.msg_in_rej_invalid),
+                "fallbacks": int(meta.fallbacks),
+                "untracked_flows": int(meta.untracked_flows),
+            },
+        )
+
+    def _rate(
+        self, ids: np.ndarray, new_flows: np.ndarray, t_ns: int, frame_no: int, dp_gen: int
+    ) -> np.ndarray:
+        n = ids.shape[0]
+        same_table = (
+            self._prev_gen == dp_gen
+            and self._prev_ids is not None
+            and self._prev_ids.shape[0] == n
+            and bool(np.array_equal(self._prev_ids, ids))
+        )
+        if not same_table:
+            return np.zeros(n)
+        if frame_no == self._prev_frame or t_ns <= self._prev_t_ns:
+            # the same frame again (daemon faster than the data plane) or a
+            # clock that did not advance: keep the last estimate
+            return self._prev_rate.copy()
+        dt = (t_ns - self._prev_t_ns) * 1e-9
+        delta = new_flows - self._prev_new     # a counter that went back -> negative -> 0
+        return _finite(delta / dt, MAX_RATE)
+
+
+def observation_matrix(features: Features) -> np.ndarray:
+    """The per-server observation of a learned policy: (n, len(FEATURE_NAMES)) float32."""
+    f = features
+    n = f.n
+    obs = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
+    obs[:, 0] = f.active
+    obs[:, 1] = f.new_flow_rate
+    obs[:, 2:7] = f.fct
+    obs[:, 7] = f.fct_count
+    obs[:, 8:13] = f.age
+    obs[:, 13] = f.age_count
+    obs[:, 14] = f.static_weight
+    obs[:, 15] = f.up
+    obs = np.nan_to_num(obs, nan=0.0, posinf=MAX_COUNT, neginf=0.0)
+    return obs.astype(np.float32)

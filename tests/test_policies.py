@@ -1,0 +1,80 @@
+"""Policy registry, heuristics and sanitize."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from marllb.daemon._core import lib
+from marllb.daemon.features import Features
+from marllb.daemon.policies import POLICIES, Policy, PolicyError, make_policy, register_policy
+from marllb.daemon.sanitize import is_finite_output, sanitize
+
+
+def feats(static=(1.0, 2.0, 4.0), admin=None) -> Features:
+    f = Features.empty(len(static))
+    f.static_weight = np.array(static, dtype=float)
+    if admin is not None:
+        f.admin_state = np.array(admin, dtype=np.uint32)
+    return f
+
+
+@pytest.mark.parametrize("name,mode,equal", [
+    ("static", lib.MLB_MODE_SED, False), ("sed", lib.MLB_MODE_SED, False),
+    ("wcmp", lib.MLB_MODE_WRANDOM, False), ("ecmp", lib.MLB_MODE_HASH, True),
+    ("lsq", lib.MLB_MODE_LEAST_ACTIVE, True),
+])
+def test_heuristics(name, mode, equal):
+    p = make_policy(name)
+    assert p.name == name and p.mode == mode
+    p.reset(3)
+    w = p.act(feats())
+    assert w.dtype == np.float64 and w.shape == (3,)
+    np.testing.assert_array_equal(w, [1, 1, 1] if equal else [1, 2, 4])
+
+
+def test_registry_errors_and_registration():
+    with pytest.raises(PolicyError, match="unknown policy 'nope'"):
+        make_policy("nope")
+    with pytest.raises(PolicyError, match="takes no option"):
+        make_policy("sed", bogus=1)
+    make_policy("sed", checkpoint="/x")  # heuristics accept and ignore a checkpoint
+
+    @register_policy("_test_broken")
+    class Broken(Policy):
+        def __init__(self, **kw):
+            raise RuntimeError("corrupt checkpoint")
+
+    try:
+        with pytest.raises(PolicyError, match="corrupt checkpoint"):
+            make_policy("_test_broken")
+    finally:
+        POLICIES.pop("_test_broken")
+
+
+def test_sanitize_rules():
+    f = feats(static=(1.0, 2.0, 4.0, 1.0), admin=[0, 0, 1, 2])
+    w = sanitize([math.nan, -1.0, 5.0, 1e9], f, 0.1, 10.0)
+    assert np.all(np.isfinite(w))
+    assert w[0] == 1.0        # non-finite, up -> its static weight
+    assert w[1] == 0.1        # up never below w_min
+    assert w[2] == 5.0        # drained: kept within [0, w_max]
+    assert w[3] == 10.0
+    # all zero never leaves
+    f2 = feats(static=(1.0, 1.0), admin=[2, 2])
+    np.testing.assert_array_equal(sanitize([0.0, 0.0], f2, 0.5, 2.0), [0.5, 0.5])
+    # wrong shape / garbage type -> static weights for up servers
+    np.testing.assert_array_equal(sanitize([1.0], feats(), 0.1, 10), [1, 2, 4])
+    np.testing.assert_array_equal(sanitize("x", feats(), 0.1, 10), [1, 2, 4])
+    # inf is non-finite -> static; clipping to [w_min, w_max]
+    np.testing.assert_array_equal(sanitize([math.inf, 0, 3], feats(), 0.1, 3), [1, 0.1, 3])
+    with pytest.raises(ValueError):
+        sanitize([1.0], feats((1.0,)), 0.0, 1.0)
+
+
+def test_is_finite_output():
+    assert is_finite_output([1.0, 2.0], 2)
+    assert not is_finite_output([1.0, math.nan], 2)
+    assert not is_finite_output([1.0], 2)
+    assert not is_finite_output(None, 2)
