@@ -1,0 +1,133 @@
+/* marllb data-plane core: the API the VPP glue and the simulator call.
+ *
+ * Read verbatim by cffi's cdef after shm_layout/mlb_shm.h and
+ * csrc/mlb_core_api.h (so it may use their types): plain typedefs,
+ * prototypes and integer #define constants only.  C includes
+ * vpp_plugin/core/dp_core.h.
+ *
+ * Threading: mlb_dp_packet(dp, w, ...) may run concurrently for DIFFERENT
+ * workers w (all per-packet state is per worker).  Everything else
+ * (create/destroy, set_*, timer, getters) runs on one control thread while
+ * no worker is inside mlb_dp_packet (VPP: under the worker barrier; the
+ * simulator is single threaded).
+ *
+ * Selection (new flows only; a pinned flow keeps its server):
+ *   SED           argmin_j (active_j + 1) * (1 / w_j) over eligible servers,
+ *                 computed in double; ties (equal doubles) -> LOWEST index.
+ *                 active_j is the calling worker's own count of active flows.
+ *   LEAST_ACTIVE  argmin_j active_j over eligible servers; ties -> lowest index.
+ *   WRANDOM       weighted random (Vose alias table, per-worker mlb_rng).
+ *   P2C           two weighted-random draws, the lower SED score wins
+ *                 (ties -> lower index).
+ *   HASH          Maglev table (prime size >= 100 x n_servers), equal shares
+ *                 among eligible servers, keyed by flow_hash (ECMP stand-in).
+ * Eligible = admin state UP and weight in force > 0 (for HASH and
+ * LEAST_ACTIVE the weight only decides eligibility).
+ * Admin DRAIN: no new flows, pinned flows stay.  DOWN: no flows; a pinned
+ * flow's next packet is re-homed as a new flow and the timer evicts the rest
+ * (both counted as completed flows without an FCT sample).
+ */
+
+/* flag bits of mlb_dp_packet (client -> server direction) */
+#define MLB_PKT_SYN 1
+#define MLB_PKT_FIN 2
+#define MLB_PKT_RST 4
+
+/* negative results of mlb_dp_packet / mlb_dp_select */
+#define MLB_DP_NO_SERVER -1     /* no eligible server: drop */
+#define MLB_DP_BAD_ARG -2       /* worker out of range */
+
+/* mlb_dp_flow_server(): not in the table */
+#define MLB_DP_NO_FLOW -1
+
+/* msg_in apply results (mlb_dp_stats_t.last_apply) */
+#define MLB_APPLY_NONE 0         /* nothing new in msg_in */
+#define MLB_APPLY_ACCEPTED 1
+#define MLB_APPLY_REJ_STALE 2    /* TTL expired, or msg_seq not rising */
+#define MLB_APPLY_REJ_GEN 3      /* computed for another dp generation */
+#define MLB_APPLY_REJ_INVALID 4  /* NaN/inf/negative/all-zero, bad mode/n */
+
+typedef struct {
+    uint32_t n_servers;          /* 1 .. MLB_MAX_SERVERS */
+    uint32_t n_workers;          /* 1 .. MLB_MAX_WORKERS */
+    uint32_t flow_capacity;      /* per worker; rounded up to a power of two >= 64 */
+    uint32_t mode;               /* configured (fallback) MLB_MODE_*, not NONE */
+    uint64_t idle_timeout_ns;    /* a flow idle this long ends */
+    uint64_t publish_interval_ns;
+    uint64_t seed;               /* all randomness derives from it */
+    uint32_t maglev_size;        /* 0: smallest prime >= 100 x n_servers */
+    uint32_t _pad;
+} mlb_dp_config_t;
+
+/* Data-plane-wide counters (the same numbers go into msg_out meta). */
+typedef struct {
+    uint64_t frames_published;
+    uint64_t msg_in_accepted;
+    uint64_t msg_in_rej_stale;
+    uint64_t msg_in_rej_gen;
+    uint64_t msg_in_rej_invalid;
+    uint64_t fallbacks;          /* daemon -> static switches */
+    uint64_t untracked_flows;    /* table (bucket) full: flow not pinned */
+    uint64_t down_evictions;     /* flows ended because their server went DOWN */
+    uint64_t flows;              /* flow-table entries now, all workers */
+    uint64_t applied_daemon_gen;
+    uint64_t applied_msg_seq;
+    uint32_t active_mode;        /* MLB_MODE_* in force */
+    uint32_t weights_source;     /* MLB_SRC_* in force */
+    uint32_t last_apply;         /* MLB_APPLY_* of the last timer call */
+    uint32_t maglev_size;
+    uint32_t flow_capacity;      /* per worker, after rounding */
+    uint32_t _pad;
+} mlb_dp_stats_t;
+
+typedef struct mlb_dp mlb_dp_t;
+
+/* Fill cfg with defaults for n_servers/n_workers (SED, 64 Ki flows per
+ * worker, 40 s idle timeout, 250 ms publish interval). */
+void mlb_dp_config_default(mlb_dp_config_t *cfg, uint32_t n_servers, uint32_t n_workers);
+/* NULL on a bad config (see mlb_dp_config_check) or out of memory.  All
+ * servers start UP with static weight 1 and id = index. */
+mlb_dp_t *mlb_dp_create(const mlb_dp_config_t *cfg);
+void mlb_dp_destroy(mlb_dp_t *dp);
+/* MLB_OK or MLB_ERR_ARG; *field (if not NULL) names the offending field */
+int mlb_dp_config_check(const mlb_dp_config_t *cfg, const char **field);
+
+/* Control (rebuilds the lookup tables off the packet path, then swaps). */
+int mlb_dp_set_server(mlb_dp_t *dp, uint32_t idx, uint32_t id, uint32_t admin_state,
+                      double static_weight);
+int mlb_dp_set_mode(mlb_dp_t *dp, uint32_t mode);
+
+/* One packet of a flow on worker `worker` at data-plane time now_ns.
+ * Returns the server index, or MLB_DP_NO_SERVER / MLB_DP_BAD_ARG.
+ * Unknown flow -> new flow (selected, pinned, counted) unless it is a lone
+ * FIN/RST.  FIN or RST ends a pinned flow: its FCT (now - first packet, in
+ * seconds) enters the server's FCT reservoir exactly once. */
+int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
+                      uint64_t now_ns, uint32_t bytes, uint32_t flags);
+
+/* Timer (VPP process node / simulator), never per packet: idle sweep,
+ * apply the latest msg_in, expire stale daemon weights, and when a publish
+ * interval has passed sample in-progress ages (once per flow) and publish
+ * msg_out; heartbeat every call.  region may be NULL (no apply/publish).
+ * Returns the MLB_APPLY_* of this call. */
+int mlb_dp_timer(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns);
+
+/* Pieces of mlb_dp_timer, for callers that split them. */
+void mlb_dp_sweep(mlb_dp_t *dp, uint32_t worker, uint64_t now_ns, int sample_ages);
+int mlb_dp_apply(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns);
+void mlb_dp_publish(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns);
+
+/* Pure selection for a new flow (no table, no counters): benchmarks. */
+int32_t mlb_dp_select(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash);
+/* Maglev lookup in the current table (any mode), MLB_DP_NO_SERVER if empty. */
+int32_t mlb_dp_hash_lookup(const mlb_dp_t *dp, uint64_t flow_hash);
+
+/* Read helpers (control thread). */
+int32_t mlb_dp_flow_server(const mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash);
+uint64_t mlb_dp_server_active(const mlb_dp_t *dp, uint32_t idx);
+double mlb_dp_weight(const mlb_dp_t *dp, uint32_t idx);
+int mlb_dp_get_server(const mlb_dp_t *dp, uint32_t idx, mlb_server_stats_t *out);
+void mlb_dp_get_stats(const mlb_dp_t *dp, mlb_dp_stats_t *out);
+/* The worker's FCT/AGE sampler image (kind MLB_RES_*), NULL if out of range. */
+const mlb_reservoir_t *mlb_dp_reservoir(const mlb_dp_t *dp, uint32_t worker,
+                                        uint32_t idx, uint32_t kind);
