@@ -484,6 +484,13 @@ static void end_flow(worker_t *wk, uint32_t slot, uint64_t now_ns, int why)
     wk->n_flows--;
 }
 
+/* Fibonacci hashing: the bucket comes from all bits of the key, so callers
+ * may use any bits of flow_hash (RSS, worker choice) without crowding. */
+static inline uint32_t bucket_of(uint64_t key, uint32_t mask)
+{
+    return (uint32_t)((key * 0x9e3779b97f4a7c15ull) >> 32) & mask;
+}
+
 static inline int idle(const flow_t *f, uint64_t now_ns, uint64_t timeout)
 {
     return now_ns > f->last_ns && now_ns - f->last_ns >= timeout;
@@ -496,7 +503,7 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
         return MLB_DP_BAD_ARG;
     worker_t *wk = &dp->wk[worker];
     uint64_t key = flow_hash ? flow_hash : 1;
-    uint32_t base = ((uint32_t)key & wk->bucket_mask) * BUCKET;
+    uint32_t base = bucket_of(key, wk->bucket_mask) * BUCKET;
     uint64_t *keys = wk->keys + base;
     uint64_t timeout = dp->cfg.idle_timeout_ns;
     const policy_t *p = policy_now(dp);
@@ -590,7 +597,7 @@ int32_t mlb_dp_flow_server(const mlb_dp_t *dp, uint32_t worker, uint64_t flow_ha
         return MLB_DP_BAD_ARG;
     const worker_t *wk = &dp->wk[worker];
     uint64_t key = flow_hash ? flow_hash : 1;
-    uint32_t base = ((uint32_t)key & wk->bucket_mask) * BUCKET;
+    uint32_t base = bucket_of(key, wk->bucket_mask) * BUCKET;
     for (uint32_t i = 0; i < BUCKET; i++)
         if (wk->keys[base + i] == key)
             return (int32_t)wk->flows[base + i].server;
