@@ -28,12 +28,42 @@ static inline uint32_t mlb_rng_below(mlb_rng_t *rng, uint32_t n)
     return (uint32_t)(((mlb_rng_u64(rng) >> 32) * (uint64_t)n) >> 32);
 }
 
-void mlb_sampler_take_(mlb_sampler_t *s, uint64_t t_ns, double value);
+/* Algorithm L: how many items to skip before the next one enters. */
+static inline uint64_t mlb_sampler_skip_(mlb_sampler_t *s)
+{
+    double d = floor(log(mlb_rng_unit(&s->rng)) / log1p(-s->w));
+    if (!(d >= 0.0))             /* NaN when w == 1: take the next item */
+        return 0;
+    return d > 1e18 ? (uint64_t)1e18 : (uint64_t)d;
+}
 
-/* Hot-path add: one increment and one compare for skipped items. */
+/* Called with n_seen already counting this item, when n_seen == next. */
+static inline void mlb_sampler_take_(mlb_sampler_t *s, uint64_t t_ns, double value)
+{
+    mlb_sample_t *slot;
+    if (s->r.count < MLB_RESERVOIR_K) {
+        slot = &s->r.s[s->r.count++];
+        slot->t_ns = t_ns;
+        slot->value = value;
+        if (s->r.count < MLB_RESERVOIR_K) {
+            s->next = s->r.n_seen + 1;
+            return;
+        }
+        s->w = exp(log(mlb_rng_unit(&s->rng)) / MLB_RESERVOIR_K);
+    } else {
+        slot = &s->r.s[mlb_rng_below(&s->rng, MLB_RESERVOIR_K)];
+        slot->t_ns = t_ns;
+        slot->value = value;
+        s->w *= exp(log(mlb_rng_unit(&s->rng)) / MLB_RESERVOIR_K);
+    }
+    s->next = s->r.n_seen + mlb_sampler_skip_(s) + 1;
+}
+
+/* Hot-path add: one increment and one compare for skipped items. Fully
+ * inline so a caller's loop can keep the counter in a register. */
 static inline void mlb_sampler_add_inline(mlb_sampler_t *s, uint64_t t_ns, double value)
 {
-    if (++s->r.n_seen < s->next)
+    if (__builtin_expect(++s->r.n_seen < s->next, 1))
         return;
     mlb_sampler_take_(s, t_ns, value);
 }

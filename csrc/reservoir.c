@@ -8,15 +8,6 @@
 void mlb_rng_seed(mlb_rng_t *rng, uint64_t seed) { rng->s = seed; }
 uint64_t mlb_rng_next(mlb_rng_t *rng) { return mlb_rng_u64(rng); }
 
-/* Algorithm L: number of items to skip before the next one enters. */
-static uint64_t skip_count(mlb_sampler_t *s)
-{
-    double d = floor(log(mlb_rng_unit(&s->rng)) / log1p(-s->w));
-    if (!(d >= 0.0))             /* NaN when w == 1: take the next item */
-        return 0;
-    return d > 1e18 ? (uint64_t)1e18 : (uint64_t)d;
-}
-
 static void restart_skips(mlb_sampler_t *s)
 {
     if (s->r.count < K) {
@@ -24,7 +15,7 @@ static void restart_skips(mlb_sampler_t *s)
         return;
     }
     s->w = exp(log(mlb_rng_unit(&s->rng)) / K);
-    s->next = s->r.n_seen + skip_count(s) + 1;
+    s->next = s->r.n_seen + mlb_sampler_skip_(s) + 1;
 }
 
 void mlb_sampler_init(mlb_sampler_t *s, uint64_t seed)
@@ -50,24 +41,6 @@ void mlb_sampler_forget(mlb_sampler_t *s)
     restart_skips(s);
 }
 
-/* Called with n_seen already counting this item, when n_seen == next. */
-void mlb_sampler_take_(mlb_sampler_t *s, uint64_t t_ns, double value)
-{
-    mlb_sample_t *slot;
-    if (s->r.count < K) {
-        slot = &s->r.s[s->r.count++];
-        slot->t_ns = t_ns;
-        slot->value = value;
-        restart_skips(s);
-        return;
-    }
-    slot = &s->r.s[mlb_rng_below(&s->rng, K)];
-    slot->t_ns = t_ns;
-    slot->value = value;
-    s->w *= exp(log(mlb_rng_unit(&s->rng)) / K);
-    s->next = s->r.n_seen + skip_count(s) + 1;
-}
-
 void mlb_sampler_add(mlb_sampler_t *s, uint64_t t_ns, double value)
 {
     mlb_sampler_add_inline(s, t_ns, value);
@@ -91,7 +64,7 @@ void mlb_sampler_add_batch(mlb_sampler_t *s, const double *values,
         slot->t_ns = t_ns ? t_ns[j] : t_default;
         slot->value = values[j];
         s->w *= exp(log(mlb_rng_unit(&s->rng)) / K);
-        s->next = s->next + skip_count(s) + 1;
+        s->next = s->next + mlb_sampler_skip_(s) + 1;
     }
     s->r.n_seen = end;
 }
@@ -139,15 +112,20 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
             take = live[i];
         if (out + take > m)
             take = m - out;
-        uint8_t idx[K];
-        for (uint32_t j = 0; j < live[i]; j++)
-            idx[j] = (uint8_t)j;
-        for (long j = 0; j < take; j++) {
-            uint32_t k = (uint32_t)j + mlb_rng_below(rng, live[i] - (uint32_t)j);
-            uint8_t t = idx[j];
-            idx[j] = idx[k];
-            idx[k] = t;
-            dst->s[out++] = src[i]->s[idx[j]];
+        if ((uint32_t)take == live[i]) {
+            memcpy(&dst->s[out], src[i]->s, take * sizeof(mlb_sample_t));
+            out += (uint32_t)take;
+            continue;
+        }
+        /* Floyd's algorithm: a uniform `take`-subset of the live slots
+         * with `take` draws and a bitmap, no shuffle array to initialise */
+        uint64_t used[K / 64] = {0};
+        for (uint32_t j = live[i] - (uint32_t)take; j < live[i]; j++) {
+            uint32_t t = mlb_rng_below(rng, j + 1);
+            if (used[t / 64] >> (t % 64) & 1)
+                t = j;
+            used[t / 64] |= 1ULL << (t % 64);
+            dst->s[out++] = src[i]->s[t];
         }
     }
     dst->count = out;
@@ -156,28 +134,46 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
     return MLB_OK;
 }
 
-/* k-th smallest (0-based) of v[0..n), reordering v (Hoare quickselect). */
-static double select_kth(double *v, uint32_t n, uint32_t k)
+/* exp(x) for x <= 0 to ~1e-12 relative error, branch-free so the compiler
+ * vectorises the per-sample decay loop (libm's exp was 80% of stats). */
+static inline double exp_nonpos(double x)  /* x in [-700, 0] */
 {
-    uint32_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        double pivot = v[lo + (hi - lo) / 2];
-        uint32_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] < pivot) i++;
-            while (v[j] > pivot) j--;
-            if (i <= j) {
-                double t = v[i]; v[i] = v[j]; v[j] = t;
-                i++;
-                if (j == 0) break;
-                j--;
-            }
+    const double magic = 6755399441055744.0;          /* 1.5 * 2^52 */
+    union { double d; uint64_t u; } y, scale;
+    y.d = x * 1.4426950408889634 + magic;   /* low bits: round(x / ln 2) */
+    double k = y.d - magic;
+    double r = (x - k * 0.6931471803691238) - k * 1.9082149292705877e-10;
+    /* |r| <= ln2/2: the degree-10 Taylor remainder is below 1e-12 */
+    double p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
+             + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
+             + r * (1.0 / 3628800))))))))));
+    scale.u = (y.u + 1023) << 52;           /* 2^k from the low 12 bits */
+    return p * scale.d;
+}
+
+/* The k-th and (k+1)-th smallest (0-based) of v[0..n), k + 1 < n, keeping
+ * only the n - k largest values in a small sorted buffer: for p90 of 128
+ * that is 14 slots, and most values are rejected by one compare. */
+static void kth_pair(const double *v, uint32_t n, uint32_t k, double *kth, double *next)
+{
+    double top[MLB_RESERVOIR_K];
+    uint32_t m = n - k, len = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        double x = v[i];
+        if (len == m) {
+            if (!(x > top[0]))
+                continue;
+            uint32_t j = 0;                      /* drop top[0], insert x */
+            while (j + 1 < m && top[j + 1] < x) { top[j] = top[j + 1]; j++; }
+            top[j] = x;
+        } else {
+            uint32_t j = len++;
+            while (j > 0 && top[j - 1] > x) { top[j] = top[j - 1]; j--; }
+            top[j] = x;
         }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else return v[k];
     }
-    return v[k];
+    *kth = top[0];
+    *next = m > 1 ? top[1] : top[0];
 }
 
 /* Smallest x with weight(values <= x) >= target: weighted quickselect. */
@@ -231,12 +227,17 @@ void mlb_reservoir_stats(const mlb_reservoir_t *r, uint64_t now_ns,
     for (uint32_t i = 0; i < n; i++) {
         double x = r->s[i].value;
         uint64_t t = r->s[i].t_ns;
-        double age_s = t < now_ns ? (double)(now_ns - t) * 1e-9 : 0.0;
+        double age_s = t < now_ns ? (double)(int64_t)(now_ns - t) * 1e-9 : 0.0;
         v[i] = x;
-        w[i] = exp(ln_decay * age_s);
-        sum += x;
+        double e = ln_decay * age_s;          /* decay in (0, 1]: e <= 0 */
+        w[i] = e < -700.0 ? -700.0 : (e > 0.0 ? 0.0 : e);
+    }
+    for (uint32_t i = 0; i < n; i++)   /* no reduction here: vectorises */
+        w[i] = exp_nonpos(w[i]);
+    for (uint32_t i = 0; i < n; i++) {
+        sum += v[i];
         wsum += w[i];
-        wxsum += w[i] * x;
+        wxsum += w[i] * v[i];
     }
     double mean = sum / n, ss = 0.0;
     for (uint32_t i = 0; i < n; i++)
@@ -246,24 +247,14 @@ void mlb_reservoir_stats(const mlb_reservoir_t *r, uint64_t now_ns,
     /* all weights underflow to 0 for very old samples: fall back to plain */
     out->dmean = wsum > 0.0 ? wxsum / wsum : mean;
 
-    double wv[K];
-    memcpy(wv, v, n * sizeof(double));
-    out->dp90 = wsum > 0.0 ? weighted_select(wv, w, n, 0.9 * wsum) : NAN;
 
-    double h = 0.9 * (n - 1);
+    double h = 0.9 * (n - 1);                   /* numpy's linear rule */
     uint32_t k = (uint32_t)h;
-    double frac = h - k;
-    double lo = select_kth(v, n, k);
-    if (frac > 0.0 && k + 1 < n) {
-        double hi = v[k + 1];
-        for (uint32_t i = k + 2; i < n; i++)
-            if (v[i] < hi) hi = v[i];
-        out->p90 = lo + frac * (hi - lo);
-    } else {
-        out->p90 = lo;
-    }
-    if (!(wsum > 0.0))
-        out->dp90 = out->p90;
+    double lo, hi;
+    kth_pair(v, n, k, &lo, &hi);
+    out->p90 = lo + (h - k) * (hi - lo);
+    /* last: it reorders v and w */
+    out->dp90 = wsum > 0.0 ? weighted_select(v, w, n, 0.9 * wsum) : out->p90;
 }
 
 void mlb_reservoir_stats_many(const mlb_reservoir_t *r, size_t n, uint64_t now_ns,
