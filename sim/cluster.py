@@ -39,6 +39,11 @@ from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace
 
 ORACLE = "oracle"
+T0_NS = 1_000_000_000   # data-plane clock at simulated time 0 (never a 0 timestamp)
+
+
+def _make_lb(k: int, **kwargs: object) -> SimLB:
+    return SimLB(**kwargs)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -59,14 +64,15 @@ class SimResult:
 
     @property
     def jct(self) -> np.ndarray:
-        ok = ~self.rejected & (self.arrival >= self.warmup_s)
-        return (self.done[ok] - self.arrival[ok])
+        ok = np.isfinite(self.done) & (self.arrival >= self.warmup_s)
+        return self.done[ok] - self.arrival[ok]
 
     def summary(self) -> dict[str, float]:
         jct_ms = self.jct * 1e3
         scored = self.arrival >= self.warmup_s
         n = int(scored.sum())
-        busy = np.bincount(self.server[~self.rejected], weights=self.work[~self.rejected],
+        served = np.isfinite(self.done)
+        busy = np.bincount(self.server[served], weights=self.work[served],
                            minlength=len(self.capacity_cores))
         x = busy / self.capacity_cores
         jain = float(x.sum() ** 2 / (len(x) * (x * x).sum())) if (x * x).sum() > 0 else 1.0
@@ -106,7 +112,14 @@ class Cluster:
         self.policy_name = policy
         self.seed = int(seed)
 
-    def run(self, progress: Callable[[float], None] | None = None) -> SimResult:  # noqa: C901
+    def run(self, progress: Callable[[float], None] | None = None,  # noqa: C901
+            on_tick: Callable[[float, int, list[SimLB]], bool] | None = None,
+            make_lb: Callable[..., SimLB] | None = None) -> SimResult:
+        """Run to the end of the trace and drain every job (or until ``on_tick``
+        returns False).  ``on_tick(t_s, now_ns, lbs)`` replaces the in-process
+        daemons (the real-time driver: timers only, an outside daemon writes
+        msg_in); ``make_lb(k, **kwargs)`` builds LB k (e.g. over a shm region).
+        """
         sc = self.sc
         servers = sc.expanded_servers()
         M = len(servers)
@@ -141,12 +154,14 @@ class Cluster:
 
             for k in range(L):
                 pol = make_policy(self.policy_name)
-                lb = SimLB(n_servers=M, n_workers=nw, static_weights=static, mode=pol.mode,
-                           seed=self.seed * 1000 + k + 1, publish_interval_ns=tick_ns,
-                           name=f"sim-lb{k}")
+                lb = (make_lb or _make_lb)(
+                    k, n_servers=M, n_workers=nw, static_weights=static, mode=pol.mode,
+                    seed=self.seed * 1000 + k + 1, publish_interval_ns=tick_ns,
+                    name=f"sim-lb{k}", flow_capacity=flow_capacity(sc))
                 lbs.append(lb)
-                daemons.append(SimDaemon(lb, pol, ttl_ns=int(sc.ttl_ms * 1e6),
-                                         seed=self.seed * 1000 + k + 77))
+                if on_tick is None:
+                    daemons.append(SimDaemon(lb, pol, ttl_ns=int(sc.ttl_ms * 1e6),
+                                             seed=self.seed * 1000 + k + 77))
         dps = [lb.dp for lb in lbs]
         from marllb.daemon._core import lib
         pkt = lib.mlb_dp_packet
@@ -179,6 +194,7 @@ class Cluster:
         tick_wts: list[list[float]] = []
 
         i = 0
+        stopped = False
         in_sys = 0
         next_tick = 0.0
         next_prog = 0
@@ -190,10 +206,14 @@ class Cluster:
                 if i >= F and in_sys == 0:
                     break
                 t = next_tick
-                now_ns = int(round(t * NS))
-                for k in range(len(lbs)):
-                    lbs[k].timer(now_ns)
-                    daemons[k].tick()
+                now_ns = int(round(t * NS)) + T0_NS
+                if on_tick is None:
+                    for k in range(len(lbs)):
+                        lbs[k].timer(now_ns)
+                        daemons[k].tick()
+                elif not on_tick(t, now_ns, lbs):
+                    stopped = True
+                    break
                 tick_t.append(t)
                 tick_load.append([(nsv[j] + len(bl[j])) / cores[j] for j in range(M)])
                 if lbs:
@@ -219,7 +239,7 @@ class Cluster:
                             best = j
                     j = best
                 else:
-                    j = pkt(dps[arr_lb[i]], arr_w[i], arr_h[i], int(t * NS), 100, SYN)
+                    j = pkt(dps[arr_lb[i]], arr_w[i], arr_h[i], int(t * NS) + T0_NS, 100, SYN)
                     if j < 0:
                         rej[i] = True
                         i += 1
@@ -247,7 +267,7 @@ class Cluster:
                 else:
                     rej[i] = True
                     if not oracle:
-                        pkt(dps[arr_lb[i]], arr_w[i], arr_h[i], int(t * NS), 0, RST)
+                        pkt(dps[arr_lb[i]], arr_w[i], arr_h[i], int(t * NS) + T0_NS, 0, RST)
                 i += 1
                 continue
             # ---- server event
@@ -279,7 +299,7 @@ class Cluster:
             done[f] = t
             in_sys -= 1
             if not oracle:
-                pkt(dps[arr_lb[f]], arr_w[f], arr_h[f], int(t * NS), 1000, FIN)
+                pkt(dps[arr_lb[f]], arr_w[f], arr_h[f], int(t * NS) + T0_NS, 1000, FIN)
             n = nsv[j] - 1
             q = bl[j]
             if q:
@@ -296,7 +316,7 @@ class Cluster:
                 heappush(ev, (t + (h[0][0] - V[j]) / r, j, vv))
             else:
                 ver[j] += 1
-        end_t = max(next_tick, 1e-9)
+        end_t = max(next_tick if not stopped else t, 1e-9)
         for j in range(M):
             cap_int[j] += cores[j] * spd[j] * fac[j] * (end_t - cap_last[j])
         if progress is not None:
@@ -310,14 +330,17 @@ class Cluster:
                                            + s.msg_in_rej_invalid for s in st)),
                 "untracked_flows": int(sum(s.untracked_flows for s in st)),
             }
+        meta["unfinished"] = int(in_sys)
+        meta["stopped_early"] = stopped
+        meta["sim_time_s"] = float(end_t)
         return SimResult(
             policy=self.policy_name,
-            arrival=np.asarray(arr_t, dtype=np.float64),
-            done=np.asarray(done, dtype=np.float64),
-            server=np.asarray(srv_of, dtype=np.int64),
-            lb=lb_np.astype(np.int64),
-            rejected=np.asarray(rej, dtype=bool),
-            work=work_np,
+            arrival=np.asarray(arr_t[:i], dtype=np.float64),
+            done=np.asarray(done[:i], dtype=np.float64),
+            server=np.asarray(srv_of[:i], dtype=np.int64),
+            lb=lb_np[:i].astype(np.int64),
+            rejected=np.asarray(rej[:i], dtype=bool),
+            work=work_np[:i],
             capacity_cores=np.asarray(cap_int) / end_t,
             tick_t=np.asarray(tick_t),
             tick_load=np.asarray(tick_load, dtype=np.float64).reshape(len(tick_t), M),
@@ -325,6 +348,12 @@ class Cluster:
             warmup_s=self.sc.warmup_s,
             meta=meta,
         )
+
+
+def flow_capacity(sc: Scenario) -> int:
+    """Per-worker flow-table size: 4x the connections the cluster can hold."""
+    hold = sum(g.count * (g.workers + g.backlog) for g in sc.servers)
+    return max(1024, 1 << (4 * hold - 1).bit_length())
 
 
 def scenario_trace(sc: Scenario, seed: int) -> Trace:

@@ -37,7 +37,7 @@ class SimLB:
     def __init__(self, *, n_servers: int, n_workers: int, static_weights: list[float],
                  mode: int, seed: int, publish_interval_ns: int,
                  region: Any = None, name: str = "sim", generation: int | None = None,
-                 idle_timeout_ns: int = 3600 * 10**9) -> None:
+                 idle_timeout_ns: int = 3600 * 10**9, flow_capacity: int = 0) -> None:
         if not have_core():
             raise RuntimeError("the C data-plane core (vpp_plugin/core) is not built into "
                                "marllb.daemon._core: run `python setup.py build_ext --inplace`")
@@ -47,6 +47,10 @@ class SimLB:
         cfg.idle_timeout_ns = idle_timeout_ns
         cfg.publish_interval_ns = publish_interval_ns
         cfg.seed = seed & 0xFFFFFFFFFFFFFFFF
+        if flow_capacity:
+            # the timer sweeps the whole table: size it for the flows the
+            # cluster can hold, not VPP's 64 Ki default
+            cfg.flow_capacity = flow_capacity
         dp = lib.mlb_dp_create(cfg)
         if dp == ffi.NULL:
             field = ffi.new("char **")
