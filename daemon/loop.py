@@ -1,0 +1,350 @@
+"""The daemon's main loop: attach, deadline-scheduled ticks, state, reload, hold.
+
+Ticks are due at ``start + k * interval`` on the monotonic clock (no drift from
+the work itself).  A tick that ends past the next deadline skips the missed
+ones and counts them as overruns.  The loop sleeps in ``select`` on a wake-up
+pipe that signals write to, so SIGTERM/SIGHUP act at once.
+
+Threads: the loop runs in the main thread; the control socket and metrics
+read ``Daemon.last`` (an immutable TickRecord) and counters from their own
+threads, and swap policy/config under ``Daemon.lock``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from marllb.daemon.attach import Attacher, Backoff
+from marllb.daemon.config import Config, ConfigError, load_config
+from marllb.daemon.features import Features
+from marllb.daemon.logs import get_logger
+from marllb.daemon.notify import Notifier
+from marllb.daemon.policies import PolicyError
+from marllb.daemon.shm import new_generation
+from marllb.daemon.tick import PolicySlot, TickPipeline, TickRecord
+from marllb.daemon.timing import StageTimes
+
+STATUS_EVERY_NS = 1_000_000_000
+
+
+class Daemon:
+    def __init__(
+        self, cfg: Config, *, config_path: str | None = None,
+        overrides: dict[str, Any] | None = None, notifier: Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.notifier = notifier or Notifier()
+        self.log = get_logger()
+        self.lock = threading.RLock()
+        self.reload_lock = threading.Lock()
+        self.started_mono = time.monotonic_ns()
+        self.daemon_gen = new_generation()
+        self.attacher = Attacher(cfg.region)
+        self.slot = PolicySlot(cfg.policy, cfg.checkpoint, cfg.fallback_policy)
+        if self.slot.load_error:
+            self.log.error("policy_load_failed", policy=cfg.policy, checkpoint=cfg.checkpoint,
+                           error=self.slot.load_error, fallback=cfg.fallback_policy)
+        self.pipeline = TickPipeline(self.slot, self.daemon_gen, cfg.decay_per_s)
+        self.times = StageTimes()
+        self.backoff = Backoff(cfg.attach_backoff_max_ms / 1e3)
+        # counters
+        self.ticks = 0
+        self.overruns = 0
+        self.frames_seen = 0
+        self.fallback_ticks = 0
+        self.fallback_events = 0
+        self.reloads = 0
+        self.reload_failures = 0
+        # state
+        self.state = "waiting"
+        self.reason: str | None = "waiting for data plane"
+        self.last: TickRecord | None = None
+        self.last_publish_mono: int | None = None
+        self.last_frame_no = -1
+        self.last_frame_gen = -1
+        self.last_frame_mono = 0
+        self.hold = False
+        self.hold_weights: np.ndarray | None = None
+        self.hold_mode = 0
+        self.hold_name = ""
+        self.last_reload: dict[str, Any] | None = None
+        self.policy_override: tuple[str, str | None] | None = None
+        self.ready_sent = False
+        self.stop_requested = False
+        self.reload_requested = False
+        self.metrics_address: str | None = None
+        self.socket_path: str | None = None
+        self._last_status_ns = 0
+        self._in_fallback = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- signals -----------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self.reload_requested = True
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:
+            pass
+
+    def _sleep_until(self, deadline_ns: int) -> None:
+        while not self.stop_requested and not self.reload_requested:
+            left = deadline_ns - time.monotonic_ns()
+            if left <= 0:
+                return
+            r, _, _ = select.select([self._wake_r], [], [], left / 1e9)
+            if r:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+
+    # -- state -------------------------------------------------------------------
+    def _set_state(self, state: str, reason: str | None) -> None:
+        if (state, reason) != (self.state, self.reason):
+            level = self.log.info if state == "running" else self.log.warning
+            level("state", state=state, reason=reason)
+            self.state, self.reason = state, reason
+            self._send_status(force=True)
+
+    def status_line(self) -> str:
+        if self.state == "waiting":
+            return f"waiting: {self.reason}"
+        p99 = self.times.percentiles()["total"]["p99_us"]
+        pub = "never" if self.last_publish_mono is None else \
+            f"{(time.monotonic_ns() - self.last_publish_mono) / 1e9:.1f}s ago"
+        pol = self.last.policy_name if self.last else self.slot.name
+        line = f"{self.state}: tick {self.ticks}, policy {pol}, p99 {p99:.0f}us, last publish {pub}"
+        if self.state == "degraded" and self.reason:
+            line += f" ({self.reason})"
+        return line
+
+    def _send_status(self, force: bool = False) -> None:
+        now = time.monotonic_ns()
+        if force or now - self._last_status_ns >= STATUS_EVERY_NS:
+            self._last_status_ns = now
+            self.notifier.status(self.status_line())
+
+    # -- operator actions (control socket threads, or the loop for SIGHUP) ---------
+    def reload(self, source: str = "SIGHUP") -> dict[str, Any]:
+        """Re-read the config file (same CLI overrides) and rebuild the policy.
+
+        A bad config or a policy that fails to load keeps the old ones."""
+        with self.reload_lock:
+            self.notifier.reloading()
+            try:
+                result = self._reload()
+            finally:
+                self.notifier.ready()
+            result["source"] = source
+            result["mono_ns"] = time.monotonic_ns()
+            self.last_reload = result
+            if result["ok"]:
+                self.reloads += 1
+                self.log.info("reloaded", source=source, policy=self.cfg.policy,
+                              checkpoint=self.cfg.checkpoint, tick_ms=self.cfg.tick_ms)
+            else:
+                self.reload_failures += 1
+                self.log.error("reload_failed", source=source, error=result["error"],
+                               kept="previous config and policy")
+            self._send_status(force=True)
+            return {k: v for k, v in result.items() if k != "mono_ns"}
+
+    def _reload(self) -> dict[str, Any]:
+        try:
+            new = load_config(self.config_path, self.overrides)
+        except ConfigError as e:
+            return {"ok": False, "error": str(e)}
+        try:
+            slot = PolicySlot.build_strict(new.policy, new.checkpoint, new.fallback_policy)
+        except PolicyError as e:
+            return {"ok": False, "error": str(e)}
+        notes = []
+        for key in ("socket", "socket_mode", "socket_group", "metrics"):
+            if getattr(new, key) != getattr(self.cfg, key):
+                notes.append(f"{key} change needs a restart")
+        with self.lock:
+            old = self.cfg
+            self.cfg = new
+            self.policy_override = None
+            self._swap_slot(slot)
+            if new.region != old.region:
+                self.attacher.detach()
+                self.attacher = Attacher(new.region)
+                self._set_state("waiting", f"waiting for data plane: region {new.region}")
+            if new.decay_per_s != old.decay_per_s:
+                self.pipeline.extractor.decay_per_s = new.decay_per_s
+            self.backoff = Backoff(new.attach_backoff_max_ms / 1e3)
+        return {"ok": True, "error": None, "notes": notes}
+
+    def _swap_slot(self, slot: PolicySlot) -> None:
+        with self.lock:
+            self.slot = slot
+            self.pipeline.slot = slot
+
+    def set_policy(self, name: str, checkpoint: str | None = None) -> dict[str, Any]:
+        """Switch the running policy (until the next reload); a bad one keeps the old."""
+        try:
+            slot = PolicySlot.build_strict(name, checkpoint, self.cfg.fallback_policy)
+        except PolicyError as e:
+            self.log.error("policy_set_failed", policy=name, error=str(e))
+            return {"ok": False, "error": str(e)}
+        self._swap_slot(slot)
+        self.policy_override = (name, checkpoint)
+        self.log.info("policy_set", policy=name, checkpoint=checkpoint)
+        return {"ok": True, "error": None, "policy": name}
+
+    def set_hold(self, on: bool) -> dict[str, Any]:
+        with self.lock:
+            if on and not self.hold:
+                last = self.last
+                if last is None or not last.published:
+                    return {"ok": False, "error": "nothing published yet: no weights to hold"}
+                self.hold_weights = last.weights.copy()
+                self.hold_mode = last.mode
+                self.hold_name = last.policy_name
+            self.hold = on
+            if not on:
+                self.hold_weights = None
+        self.log.info("hold", on=on)
+        return {"ok": True, "error": None, "hold": on}
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> int:
+        self.log.info("starting", region=self.cfg.region, policy=self.cfg.policy,
+                      tick_ms=self.cfg.tick_ms, pid=os.getpid(),
+                      daemon_gen=f"{self.daemon_gen:#x}")
+        start = time.monotonic_ns()
+        k = 0
+        interval = self.cfg.tick_ns
+        while not self.stop_requested:
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload("SIGHUP")
+            if self.cfg.tick_ns != interval:
+                interval = self.cfg.tick_ns
+                start, k = time.monotonic_ns(), 0
+            if self.attacher.current is None:
+                if not self._attach():
+                    self._sleep_until(time.monotonic_ns() + int(self.backoff.step() * 1e9))
+                    continue
+                start, k = time.monotonic_ns(), 0
+            deadline = start + k * interval
+            now = time.monotonic_ns()
+            gone = self.attacher.check()
+            if gone is not None:
+                self.log.warning("data_plane_lost", reason=gone)
+                self.attacher.detach()
+                self._set_state("waiting", f"waiting for data plane: {gone}")
+                continue
+            self._tick(now, now - deadline)
+            k += 1
+            after = time.monotonic_ns()
+            if after >= start + k * interval:
+                k_next = (after - start) // interval + 1
+                self.overruns += k_next - k
+                k = k_next
+            self._sleep_until(start + k * interval)
+        self.log.info("stopping", ticks=self.ticks, overruns=self.overruns,
+                      note="last weights left in place")
+        self.notifier.stopping()
+        self.attacher.detach()
+        return 0
+
+    def _attach(self) -> bool:
+        reason = self.attacher.try_attach()
+        self.notifier.watchdog()
+        if reason is not None:
+            self._set_state("waiting", f"waiting for data plane: {reason}")
+            self._send_status()
+            return False
+        self.backoff.reset()
+        self.pipeline.reset()
+        self.last_frame_no = -1
+        self.last_frame_mono = time.monotonic_ns()
+        region = self.attacher.region
+        self.log.info("attached", region=region.name, dp_gen=f"{region.generation:#x}",
+                      n_servers=region.n_servers, n_workers=region.n_workers,
+                      reattaches=self.attacher.reattaches)
+        self._set_state("waiting", "attached; waiting for the first msg_out frame")
+        return True
+
+    def _is_stale(self, f: Features) -> bool:
+        now = time.monotonic_ns()
+        if f.frame_no != self.last_frame_no or f.dp_gen != self.last_frame_gen:
+            self.last_frame_no, self.last_frame_gen = f.frame_no, f.dp_gen
+            self.last_frame_mono = now
+            self.frames_seen += 1
+            return False
+        return now - self.last_frame_mono > self.cfg.stale_after_ms * 1e6
+
+    def _tick(self, start_ns: int, jitter_ns: int) -> None:
+        cfg = self.cfg
+        with self.lock:
+            hold = self.hold_weights if self.hold else None
+            rec = self.pipeline.run_once(
+                self.attacher.region, w_min=cfg.w_min, w_max=cfg.w_max, ttl_ns=cfg.ttl_ns,
+                hold=hold, hold_mode=self.hold_mode, hold_name=self.hold_name,
+                stale_check=self._is_stale,
+            )
+        self.notifier.watchdog()
+        if rec is None:
+            if self.state != "running" or self.last is None:
+                self._set_state("waiting", "attached; waiting for the first msg_out frame")
+            self._send_status()
+            return
+        self.ticks += 1
+        self.times.record(self.pipeline.last_durations, start_ns, jitter_ns)
+        self.last = rec
+        if rec.published:
+            self.last_publish_mono = rec.mono_ns
+            if not self.ready_sent:
+                self.ready_sent = True
+                self.notifier.ready(self.status_line())
+                self.log.info("ready", policy=rec.policy_name, n_servers=rec.features.n)
+        if rec.fallback_reason:
+            self.fallback_ticks += 1
+            if not self._in_fallback:
+                self.fallback_events += 1
+                self.log.error("policy_fallback", reason=rec.fallback_reason,
+                               fallback=rec.policy_name)
+        elif self._in_fallback:
+            self.log.info("policy_recovered", policy=rec.policy_name)
+        self._in_fallback = bool(rec.fallback_reason)
+        if rec.features.n == 0:
+            self._set_state("degraded", "data plane reports no servers")
+        elif not rec.published:
+            self._set_state("degraded", "data plane stale: no new msg_out frame for over "
+                            f"{cfg.stale_after_ms / 1e3:g}s")
+        elif rec.fallback_reason:
+            self._set_state("degraded", f"fallback to {rec.policy_name}: {rec.fallback_reason}")
+        else:
+            self._set_state("running", None)
+        self._send_status()
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
