@@ -33,7 +33,7 @@ shift || true
 case "$cmd" in
     demo)
         setup
-        exec "$VENV/bin/python" -m marllb.daemon.demo "$@"
+        exec "$VENV/bin/python" -m marllb.sim.demo "$@"
         ;;
     test)
         setup
