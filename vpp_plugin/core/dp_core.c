@@ -391,18 +391,33 @@ int mlb_dp_set_mode(mlb_dp_t *dp, uint32_t mode)
 
 /* ---------- selection ---------- */
 
+/* argmin of (active+1) * inv over [0, n), lowest index among equal scores:
+ * exactly a left-to-right scan with a strict '<'.  Done in three short
+ * passes the compiler can pipeline: scores (vectorised), minimum (four
+ * independent lanes), then the first index holding the minimum. */
 static inline int32_t argmin_score(const double *inv, const uint32_t *active, uint32_t n)
 {
-    double best = INFINITY;
-    int32_t bi = MLB_DP_NO_SERVER;
-    for (uint32_t i = 0; i < n; i++) {
-        double s = (double)(active[i] + 1u) * inv[i];
-        if (s < best) {          /* strict: equal scores keep the lower index */
-            best = s;
-            bi = (int32_t)i;
-        }
+    double sc[MLB_MAX_SERVERS];
+    for (uint32_t i = 0; i < n; i++)
+        sc[i] = (double)(active[i] + 1u) * inv[i];
+    double m0 = INFINITY, m1 = INFINITY, m2 = INFINITY, m3 = INFINITY;
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        m0 = sc[i] < m0 ? sc[i] : m0;
+        m1 = sc[i + 1] < m1 ? sc[i + 1] : m1;
+        m2 = sc[i + 2] < m2 ? sc[i + 2] : m2;
+        m3 = sc[i + 3] < m3 ? sc[i + 3] : m3;
     }
-    return bi;
+    for (; i < n; i++)
+        m0 = sc[i] < m0 ? sc[i] : m0;
+    m0 = m1 < m0 ? m1 : m0;
+    m2 = m3 < m2 ? m3 : m2;
+    m0 = m2 < m0 ? m2 : m0;
+    if (!(m0 < INFINITY))
+        return MLB_DP_NO_SERVER;
+    for (i = 0; sc[i] != m0; i++)
+        ;
+    return (int32_t)i;
 }
 
 static inline uint32_t alias_draw(const policy_t *p, mlb_rng_t *rng, uint32_t n)
