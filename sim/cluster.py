@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +44,16 @@ T0_NS = 1_000_000_000   # data-plane clock at simulated time 0 (never a 0 timest
 
 def _make_lb(k: int, **kwargs: object) -> SimLB:
     return SimLB(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Tick:
+    """What a driver sees at a tick (simulated time ``t`` s = ``now_ns``)."""
+    t: float
+    now_ns: int
+    lbs: list[SimLB]
+    in_system: list[int]       # per server: jobs in service + waiting
+    capacity: list[float]      # per server: unit cores now (interference included)
 
 
 @dataclass
@@ -112,13 +122,52 @@ class Cluster:
         self.policy_name = policy
         self.seed = int(seed)
 
-    def run(self, progress: Callable[[float], None] | None = None,  # noqa: C901
+    def run(self, progress: Callable[[float], None] | None = None,
             on_tick: Callable[[float, int, list[SimLB]], bool] | None = None,
             make_lb: Callable[..., SimLB] | None = None) -> SimResult:
         """Run to the end of the trace and drain every job (or until ``on_tick``
-        returns False).  ``on_tick(t_s, now_ns, lbs)`` replaces the in-process
-        daemons (the real-time driver: timers only, an outside daemon writes
-        msg_in); ``make_lb(k, **kwargs)`` builds LB k (e.g. over a shm region).
+        returns False).  By default every LB runs its timer and then an
+        in-process daemon with ``policy`` each tick.  ``on_tick(t_s, now_ns,
+        lbs)`` replaces that (the real-time driver: timers only, an outside
+        daemon writes msg_in); ``make_lb(k, **kwargs)`` builds LB k (e.g. over
+        a shm region).
+        """
+        gen = self.ticks(progress=progress, make_lb=make_lb)
+        daemons: list[SimDaemon] | None = None
+        try:
+            tick = next(gen)
+            while True:
+                stop = False
+                if on_tick is not None:
+                    stop = not on_tick(tick.t, tick.now_ns, tick.lbs)
+                else:
+                    if daemons is None:
+                        daemons = self._daemons(tick.lbs)
+                    now_ns = tick.now_ns
+                    for lb, d in zip(tick.lbs, daemons, strict=True):
+                        lb.timer(now_ns)
+                        d.tick()
+                tick = gen.send(stop)
+        except StopIteration as e:
+            return e.value
+
+    def _daemons(self, lbs: list[SimLB]) -> list[SimDaemon]:
+        from marllb.daemon.policies import make_policy
+
+        return [SimDaemon(lb, make_policy(self.policy_name), ttl_ns=int(self.sc.ttl_ms * 1e6),
+                          seed=self.seed * 1000 + k + 77) for k, lb in enumerate(lbs)]
+
+    def ticks(self, progress: Callable[[float], None] | None = None,  # noqa: C901
+              make_lb: Callable[..., SimLB] | None = None, mode: int | None = None,
+              ) -> Generator[Tick, bool | None, SimResult]:
+        """The model as a generator, for drivers that act between ticks (the
+        training env, the real-time driver).  Yields a ``Tick`` every
+        ``tick_ms`` of simulated time BEFORE anything runs on the LBs: the
+        consumer runs each LB's ``timer(now_ns)`` and writes msg_in as it
+        likes, then ``send(False)`` (or ``next``) to go on, ``send(True)`` to
+        stop early.  Returns (``StopIteration.value``) the ``SimResult``.
+        The LBs' configured mode is ``mode`` or the policy's.  With policy
+        ``oracle`` there are no LBs (``tick.lbs == []``).
         """
         sc = self.sc
         servers = sc.expanded_servers()
@@ -135,6 +184,7 @@ class Cluster:
         arr_lb = lb_np.tolist()
         arr_h = hash_np.tolist()
         arr_w = (hash_np % nw).tolist() if nw > 1 else [0] * F
+        arr_ns = ((self.trace.times * 1e9).astype(np.int64) + T0_NS).tolist()
 
         cores = [float(g.cores) for g in servers]
         spd = [float(g.speed) for g in servers]
@@ -148,21 +198,19 @@ class Cluster:
         tick_s = sc.tick_ms / 1e3
         tick_ns = int(round(sc.tick_ms * 1e6))
         lbs: list[SimLB] = []
-        daemons: list[SimDaemon] = []
         if not oracle:
-            from marllb.daemon.policies import make_policy
+            if mode is None:
+                from marllb.daemon.policies import make_policy
 
+                mode = int(make_policy(self.policy_name).mode)
             for k in range(L):
-                pol = make_policy(self.policy_name)
                 lb = (make_lb or _make_lb)(
-                    k, n_servers=M, n_workers=nw, static_weights=static, mode=pol.mode,
+                    k, n_servers=M, n_workers=nw, static_weights=static, mode=mode,
                     seed=self.seed * 1000 + k + 1, publish_interval_ns=tick_ns,
                     name=f"sim-lb{k}", flow_capacity=flow_capacity(sc))
                 lbs.append(lb)
-                if on_tick is None:
-                    daemons.append(SimDaemon(lb, pol, ttl_ns=int(sc.ttl_ms * 1e6),
-                                             seed=self.seed * 1000 + k + 77))
         dps = [lb.dp for lb in lbs]
+        arr_dp = [dps[k] for k in arr_lb] if lbs else []
         from marllb.daemon._core import lib
         pkt = lib.mlb_dp_packet
 
@@ -207,15 +255,13 @@ class Cluster:
                     break
                 t = next_tick
                 now_ns = int(round(t * NS)) + T0_NS
-                if on_tick is None:
-                    for k in range(len(lbs)):
-                        lbs[k].timer(now_ns)
-                        daemons[k].tick()
-                elif not on_tick(t, now_ns, lbs):
+                insys = [nsv[j] + len(bl[j]) for j in range(M)]
+                if (yield Tick(t, now_ns, lbs, insys,
+                               [cores[j] * spd[j] * fac[j] for j in range(M)])):
                     stopped = True
                     break
                 tick_t.append(t)
-                tick_load.append([(nsv[j] + len(bl[j])) / cores[j] for j in range(M)])
+                tick_load.append([insys[j] / cores[j] for j in range(M)])
                 if lbs:
                     tick_wts.append(lbs[0].weights().tolist())
                 else:
@@ -239,7 +285,7 @@ class Cluster:
                             best = j
                     j = best
                 else:
-                    j = pkt(dps[arr_lb[i]], arr_w[i], arr_h[i], int(t * NS) + T0_NS, 100, SYN)
+                    j = pkt(arr_dp[i], arr_w[i], arr_h[i], arr_ns[i], 100, SYN)
                     if j < 0:
                         rej[i] = True
                         i += 1
@@ -267,7 +313,7 @@ class Cluster:
                 else:
                     rej[i] = True
                     if not oracle:
-                        pkt(dps[arr_lb[i]], arr_w[i], arr_h[i], int(t * NS) + T0_NS, 0, RST)
+                        pkt(arr_dp[i], arr_w[i], arr_h[i], arr_ns[i], 0, RST)
                 i += 1
                 continue
             # ---- server event
@@ -299,7 +345,7 @@ class Cluster:
             done[f] = t
             in_sys -= 1
             if not oracle:
-                pkt(dps[arr_lb[f]], arr_w[f], arr_h[f], int(t * NS) + T0_NS, 1000, FIN)
+                pkt(arr_dp[f], arr_w[f], arr_h[f], int(t * NS) + T0_NS, 1000, FIN)
             n = nsv[j] - 1
             q = bl[j]
             if q:

@@ -115,6 +115,7 @@ class SimDaemon:
         self.policy.reset(lb.n_servers)
         self.name = str(getattr(policy, "name", "policy")).encode()[: 31]
         self.last_weights: np.ndarray | None = None
+        self.mode = int(policy.mode)
 
     def tick(self) -> bool:
         """One daemon tick; False when there is no msg_out frame yet."""
@@ -136,10 +137,10 @@ class SimDaemon:
         m.ttl_ns = self.ttl_ns
         m.wall_ns = 0
         m.policy_id = 0
-        m.mode = int(self.policy.mode)
+        m.mode = self.mode
         m.n_servers = feats.n
         m.flags = 0
         m.policy_name = self.name
-        ffi.memmove(m.weight, ffi.from_buffer("double[]", w), 8 * feats.n)
+        ffi.memmove(m.weight, np.ascontiguousarray(w, dtype=np.float64), 8 * feats.n)
         lib.mlb_in_commit(region, m)
         return True
