@@ -168,7 +168,7 @@ def test_dataplane_applies_an_outside_daemons_weights_and_stops_on_sigterm(tmp_p
                 m.msg_seq = seq
                 m.dp_gen = reg.generation
                 m.dp_t_ns = view.meta.t_ns
-                m.ttl_ns = 5 * 10**9
+                m.ttl_ns = 60 * 10**9     # 3 s of wall time at speed 20
                 m.mode = lib.MLB_MODE_SED
                 m.n_servers = 3
                 for j, w in enumerate((5.0, 1.0, 1.0)):
