@@ -88,8 +88,14 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
     from marllb.sim.realtime import Dataplane, summary_dict, write_summary
 
     sc, trace = _load(args)
-    if args.speed <= 0:
+    if not args.speed > 0:
         return _die(f"--speed must be > 0, got {args.speed}", EX_USAGE)
+    from marllb.daemon.policies import PolicyError, make_policy
+
+    try:
+        make_policy(args.mode)
+    except PolicyError as e:
+        return _die(f"--mode: {e}", EX_USAGE)
     if trace is None:
         trace = scenario_trace(sc, args.seed)
     dp = Dataplane(sc, trace, args.region, speed=args.speed, policy=args.mode,

@@ -212,6 +212,24 @@ def test_dataplane_refuses_an_existing_region(tmp_path):
         reg.close()
 
 
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--mode", "oracle"], "--mode: unknown policy 'oracle'"),
+     (["--speed", "0"], "--speed must be > 0"),
+     (["--scenario", "nope.toml"], "not a shipped name")],
+)
+def test_dataplane_user_errors_are_one_line(capsys, extra, needle):
+    argv = ["dataplane", "--scenario", "small", "--region", f"mlbsim-err-{os.getpid()}",
+            *extra]
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    assert rc in (2, 78)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("lbsim: error:") and needle in err
+
+
 def test_dataplane_runs_to_the_end_without_a_daemon(tmp_path):
     name = f"mlbsim-end-{os.getpid()}"
     out = tmp_path / "dp.json"
