@@ -341,3 +341,62 @@ def test_maglev_is_the_same_on_every_instance() -> None:
     keys = flow_keys(2000, 16)
     assert [lib.mlb_dp_hash_lookup(a, k) for k in keys] == \
         [lib.mlb_dp_hash_lookup(b, k) for k in keys]
+
+
+def test_maglev_follows_server_ids_not_indexes() -> None:
+    a = make_dp(5, lib.MLB_MODE_HASH)
+    b = make_dp(5, lib.MLB_MODE_HASH)
+    keys = flow_keys(5000, 17)
+    lib.mlb_dp_set_server(b, 2, 42, lib.MLB_ADMIN_UP, 1.0)      # another server at index 2
+    la = np.array([lib.mlb_dp_hash_lookup(a, k) for k in keys])
+    lb = np.array([lib.mlb_dp_hash_lookup(b, k) for k in keys])
+    assert np.any(la != lb)
+    lib.mlb_dp_set_server(a, 2, 42, lib.MLB_ADMIN_UP, 1.0)
+    assert [lib.mlb_dp_hash_lookup(a, k) for k in keys] == lb.tolist()
+
+
+@pytest.mark.parametrize("mode", range(1, lib.MLB_MODE_COUNT))
+def test_random_event_mix_keeps_counters_consistent(mode: int) -> None:
+    n, workers = 6, 3
+    dp = make_dp(n, mode, workers=workers, capacity=256, idle_s=2.0, seed=mode)
+    rng = np.random.default_rng(100 + mode)
+    home: dict[int, int] = {}
+    last: dict[int, int] = {}
+    t = SEC
+    pool = flow_keys(600, 18)
+    for _ in range(6000):
+        t += int(rng.integers(0, 5 * 10**6))
+        r = rng.random()
+        if r < 0.01:
+            i = int(rng.integers(n))
+            lib.mlb_dp_set_server(dp, i, i, int(rng.integers(3)), float(rng.uniform(0, 3)))
+            continue
+        if r < 0.02:
+            lib.mlb_dp_timer(dp, ffi.NULL, t)
+            home = {k: s for k, s in home.items()
+                    if lib.mlb_dp_flow_server(dp, k % workers, k) == s}
+            continue
+        k = pool[int(rng.integers(len(pool)))]
+        flags = FIN if rng.random() < 0.2 else 0
+        s = lib.mlb_dp_packet(dp, k % workers, k, t, 10, flags)
+        pinned = k in home and t - last[k] < 2 * SEC
+        if pinned and s >= 0:
+            st = server_stats(dp, home[k])
+            if st.admin_state != lib.MLB_ADMIN_DOWN:
+                assert s == home[k]                  # affinity
+        if s >= 0 and not flags and lib.mlb_dp_flow_server(dp, k % workers, k) == s:
+            if k not in home or not pinned or home[k] != s:
+                home[k] = s
+            last[k] = t
+        else:
+            home.pop(k, None)
+    st = dp_stats(dp)
+    per = [server_stats(dp, i) for i in range(n)]
+    assert sum(p.active_flows for p in per) == st.flows
+    assert sum(p.new_flows for p in per) == \
+        sum(p.completed_flows + p.active_flows for p in per) + st.untracked_flows
+    fct = sum(lib.mlb_dp_reservoir(dp, w, i, lib.MLB_RES_FCT).n_seen
+              for w in range(workers) for i in range(n))
+    assert fct == sum(p.completed_flows for p in per) - st.down_evictions
+    lib.mlb_dp_timer(dp, ffi.NULL, t + 3 * SEC)      # everything idles out
+    assert dp_stats(dp).flows == 0 and active(dp, n).sum() == 0

@@ -62,6 +62,7 @@ typedef struct {
     double inv_sed[MLB_MAX_SERVERS];  /* 1/w for P2C comparisons */
     alias_t alias[MLB_MAX_SERVERS];
     uint16_t *maglev;                 /* maglev_size entries, NONE16 = no server */
+    uint64_t maglev_ids;              /* id_epoch the Maglev table was built for */
 } policy_t;
 
 struct mlb_dp {
@@ -78,6 +79,7 @@ struct mlb_dp {
     uint32_t admin[MLB_MAX_SERVERS];
     double static_w[MLB_MAX_SERVERS];
     uint32_t cfg_mode;
+    uint64_t id_epoch;                /* bumped when a server id changes */
     /* daemon weights */
     double daemon_w[MLB_MAX_SERVERS];
     uint32_t daemon_mode;
@@ -290,10 +292,12 @@ static void rebuild(mlb_dp_t *dp)
                                                      : p->inv_sed[i];
     }
     build_alias(p->alias, w, p->elig, n);
-    if (memcmp(p->elig, old->elig, n) == 0 && old->maglev[0] != NONE16)
+    if (memcmp(p->elig, old->elig, n) == 0 && old->maglev[0] != NONE16 &&
+        old->maglev_ids == dp->id_epoch)
         memcpy(p->maglev, old->maglev, dp->maglev_size * sizeof(uint16_t));
     else
         build_maglev(p->maglev, dp->maglev_size, dp->id, p->elig, n);
+    p->maglev_ids = dp->id_epoch;
     atomic_store_explicit(&dp->cur, cur ^ 1, memory_order_release);
 }
 
@@ -373,6 +377,8 @@ int mlb_dp_set_server(mlb_dp_t *dp, uint32_t idx, uint32_t id, uint32_t admin_st
     if (idx >= dp->n_servers || admin_state > MLB_ADMIN_DOWN ||
         !isfinite(static_weight) || static_weight < 0.0)
         return MLB_ERR_ARG;
+    if (dp->id[idx] != id)
+        dp->id_epoch++;
     dp->id[idx] = id;
     dp->admin[idx] = admin_state;
     dp->static_w[idx] = static_weight;
