@@ -61,11 +61,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     sc, trace = _load(args)
+    from marllb.daemon.policies import PolicyError
+    from marllb.daemon.tick import PolicySlot
+    from marllb.sim.evaluate import parse_policy
+
     policies = args.policy or ["ecmp", "wcmp", "sed", "lsq", "oracle"]
     known = known_policies()
-    bad = [p for p in policies if p not in known]
-    if bad:
-        return _die(f"unknown policy {bad[0]!r}; known: {', '.join(known)}", EX_USAGE)
+    for spec in policies:
+        name, ckpt = parse_policy(spec)
+        if name not in known:
+            return _die(f"unknown policy {name!r}; known: {', '.join(known)}", EX_USAGE)
+        if name != "oracle":
+            try:   # a learned policy must load: never evaluate its fallback by mistake
+                PolicySlot.build_strict(name, ckpt, "sed")
+            except PolicyError as e:
+                return _die(f"--policy {spec}: {e}", EX_CONFIG)
     if args.seeds < 1:
         return _die(f"--seeds must be >= 1, got {args.seeds}", EX_USAGE)
     n_flows = (len(trace) * args.seeds if trace is not None
@@ -154,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "write DIR/summary.json, DIR/summary.md and PNG plots.")
     common(pe)
     pe.add_argument("--policy", action="append",
-                    help="policy name (repeatable): a daemon registry name (static, ecmp, "
-                    "wcmp, sed, lsq, ...) or oracle; default: ecmp wcmp sed lsq oracle")
+                    help="policy (repeatable): a daemon registry name (static, ecmp, wcmp, "
+                    "sed, lsq, ...), NAME=CHECKPOINT for a learned one, or oracle; "
+                    "default: ecmp wcmp sed lsq oracle")
     pe.add_argument("--seeds", type=int, default=1, help="runs per policy (default 1)")
     pe.add_argument("--out", required=True, help="output directory")
     pe.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -116,10 +116,12 @@ def _interference_events(sc: Scenario, horizon_s: float) -> list[tuple[float, in
 class Cluster:
     """One run of a scenario with one policy over one trace."""
 
-    def __init__(self, sc: Scenario, trace: Trace, policy: str, seed: int = 0) -> None:
+    def __init__(self, sc: Scenario, trace: Trace, policy: str, seed: int = 0,
+                 checkpoint: str | None = None) -> None:
         self.sc = sc
         self.trace = trace
         self.policy_name = policy
+        self.checkpoint = checkpoint
         self.seed = int(seed)
 
     def run(self, progress: Callable[[float], None] | None = None,
@@ -152,10 +154,9 @@ class Cluster:
             return e.value
 
     def _daemons(self, lbs: list[SimLB]) -> list[SimDaemon]:
-        from marllb.daemon.policies import make_policy
-
-        return [SimDaemon(lb, make_policy(self.policy_name), ttl_ns=int(self.sc.ttl_ms * 1e6),
-                          seed=self.seed * 1000 + k + 77) for k, lb in enumerate(lbs)]
+        return [SimDaemon(lb, self.policy_name, checkpoint=self.checkpoint,
+                          ttl_ns=int(self.sc.ttl_ms * 1e6), seed=self.seed * 1000 + k + 77)
+                for k, lb in enumerate(lbs)]
 
     def ticks(self, progress: Callable[[float], None] | None = None,  # noqa: C901
               make_lb: Callable[..., SimLB] | None = None, mode: int | None = None,
@@ -202,7 +203,7 @@ class Cluster:
             if mode is None:
                 from marllb.daemon.policies import make_policy
 
-                mode = int(make_policy(self.policy_name).mode)
+                mode = int(make_policy(self.policy_name, checkpoint=self.checkpoint).mode)
             for k in range(L):
                 lb = (make_lb or _make_lb)(
                     k, n_servers=M, n_workers=nw, static_weights=static, mode=mode,

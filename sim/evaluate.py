@@ -27,15 +27,26 @@ def run_trace(sc: Scenario, trace: Trace | None, seed: int) -> Trace:
     return trace if trace is not None else scenario_trace(sc, seed)
 
 
+def parse_policy(spec: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME=CHECKPOINT`` -> (name, checkpoint or None)."""
+    name, sep, ckpt = spec.partition("=")
+    return name.strip(), (ckpt.strip() or None) if sep else None
+
+
 def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace | None = None,
              progress: Callable[[int], None] | None = None,
              ) -> tuple[dict[str, dict[str, float]], dict[str, SimResult]]:
     """Mean of each metric over ``seeds`` runs per policy, and each policy's
-    seed-0 result (for plots).  Every policy sees the same traces."""
+    seed-0 result (for plots).  Every policy sees the same traces.  A policy
+    is ``NAME`` or ``NAME=CHECKPOINT`` (learned policies); results are keyed
+    by NAME, or by the whole spec when a NAME appears more than once."""
     out: dict[str, dict[str, float]] = {}
     first: dict[str, SimResult] = {}
     traces = [run_trace(sc, trace, s) for s in range(seeds)]
-    for pol in policies:
+    names = [parse_policy(p)[0] for p in policies]
+    for spec in policies:
+        pol, ckpt = parse_policy(spec)
+        label = pol if names.count(pol) == 1 else spec
         acc: dict[str, list[float]] = {k: [] for k in METRICS}
         for s in range(seeds):
             tr = traces[s]
@@ -47,12 +58,12 @@ def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace 
                     progress(n - done[0])
                     done[0] = n
 
-            res = Cluster(sc, tr, pol, seed=s).run(progress=cb)
+            res = Cluster(sc, tr, pol, seed=s, checkpoint=ckpt).run(progress=cb)
             for k, v in res.summary().items():
                 acc[k].append(v)
             if s == 0:
-                first[pol] = res
-        out[pol] = {k: float(np.mean(v)) if v else math.nan for k, v in acc.items()}
+                first[label] = res
+        out[label] = {k: float(np.mean(v)) if v else math.nan for k, v in acc.items()}
     return out, first
 
 

@@ -16,6 +16,8 @@ snapshot_view -> FeatureExtractor.update -> policy.act -> sanitize -> msg_in.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,19 @@ from marllb.daemon._core import ffi, lib
 SYN = 1
 FIN = 2
 RST = 4
-W_MIN = 0.01
-W_MAX = 1000.0
+
+def _daemon_default(field: str, fallback: float) -> float:
+    try:
+        from marllb.daemon.config import Config
+
+        return float(Config.model_fields[field].default)
+    except Exception:  # noqa: BLE001 - older daemon: keep the documented default
+        return fallback
+
+
+# the daemon's default weight bounds (lbd's config), used by the in-process daemon
+W_MIN = _daemon_default("w_min", 0.1)
+W_MAX = _daemon_default("w_max", 10.0)
 
 
 def have_core() -> bool:
@@ -96,51 +109,67 @@ class SimLB:
         return st
 
 
-class SimDaemon:
-    """The daemon's per-tick work for one LB, in-process (no shm, no sockets)."""
+class MemRegion:
+    """The two ``Region`` methods the daemon's tick uses (``snapshot_view``,
+    ``write_in``) over an in-memory region, so ``SimDaemon`` can run the
+    daemon's own ``TickPipeline`` without shm."""
 
-    def __init__(self, lb: SimLB, policy: Any, *, ttl_ns: int, seed: int) -> None:
-        from marllb.daemon.features import FeatureExtractor
+    def __init__(self, ptr: Any) -> None:
+        self.ptr = ptr
+        self._retries = ffi.new("uint32_t *")
+
+    def snapshot_view(self, dst: Any, rng: Any, tries: int = 64) -> int:
+        from marllb.daemon.shm import RegionBusy
+
+        rc = lib.mlb_out_snapshot_view(self.ptr, dst, rng, tries, self._retries)
+        if rc == lib.MLB_OK:
+            return int(self._retries[0])
+        if rc == lib.MLB_ERR_NODATA:
+            raise LookupError("no msg_out frame yet")
+        raise RegionBusy(f"in-memory region: snapshot failed ({rc})")
+
+    @contextmanager
+    def write_in(self) -> Iterator[Any]:
+        m = lib.mlb_in_begin(self.ptr)
+        try:
+            yield m
+        finally:
+            lib.mlb_in_commit(self.ptr, m)
+
+
+class SimDaemon:
+    """What ``lbd`` does each tick for one LB, in-process: the daemon's own
+    ``TickPipeline`` (snapshot_view -> FeatureExtractor -> policy, with the
+    daemon's heuristic fallback -> sanitize -> msg_in) with the daemon's
+    default w_min / w_max, over the LB's region.  No shm, sockets or threads.
+
+    ``policy`` is a registry name; ``checkpoint`` goes to learned policies.
+    A policy that cannot be built raises ``PolicyError`` (an evaluation must
+    not silently measure the fallback instead)."""
+
+    def __init__(self, lb: SimLB, policy: str, *, ttl_ns: int, seed: int,
+                 checkpoint: str | None = None, fallback: str = "sed",
+                 w_min: float | None = None, w_max: float | None = None) -> None:
+        from marllb.daemon.tick import PolicySlot, TickPipeline
 
         self.lb = lb
-        self.policy = policy
         self.ttl_ns = int(ttl_ns)
-        self.view = ffi.new("mlb_out_view_t *")
-        self.rng = ffi.new("mlb_rng_t *")
-        lib.mlb_rng_seed(self.rng, seed & 0xFFFFFFFFFFFFFFFF)
-        self.retries = ffi.new("uint32_t *")
-        self.extractor = FeatureExtractor()
+        self.w_min = W_MIN if w_min is None else w_min
+        self.w_max = W_MAX if w_max is None else w_max
         self.daemon_gen = (seed * 0x9E3779B97F4A7C15 + 12345) & 0xFFFFFFFFFFFFFFFF | 1
-        self.msg_seq = 0
-        self.policy.reset(lb.n_servers)
-        self.name = str(getattr(policy, "name", "policy")).encode()[: 31]
-        self.last_weights: np.ndarray | None = None
-        self.mode = int(policy.mode)
+        self.slot = PolicySlot.build_strict(policy, checkpoint, fallback)
+        self.pipeline = TickPipeline(self.slot, self.daemon_gen,
+                                     seed=seed & 0xFFFFFFFFFFFFFFFF)
+        self.region = lb.shm if lb.shm is not None else MemRegion(lb.region)
+        self.last: Any = None
+
+    @property
+    def last_weights(self) -> np.ndarray | None:
+        return None if self.last is None else self.last.weights
 
     def tick(self) -> bool:
         """One daemon tick; False when there is no msg_out frame yet."""
-        from marllb.daemon.sanitize import sanitize
-
-        rc = lib.mlb_out_snapshot_view(self.lb.region, self.view, self.rng, 64, self.retries)
-        if rc != lib.MLB_OK:
-            return False
-        feats = self.extractor.update(self.view)
-        w = sanitize(self.policy.act(feats), feats, W_MIN, W_MAX)
-        self.last_weights = w
-        self.msg_seq += 1
-        region = self.lb.region
-        m = lib.mlb_in_begin(region)
-        m.daemon_gen = self.daemon_gen
-        m.msg_seq = self.msg_seq
-        m.dp_gen = feats.dp_gen
-        m.dp_t_ns = feats.t_ns
-        m.ttl_ns = self.ttl_ns
-        m.wall_ns = 0
-        m.policy_id = 0
-        m.mode = self.mode
-        m.n_servers = feats.n
-        m.flags = 0
-        m.policy_name = self.name
-        ffi.memmove(m.weight, np.ascontiguousarray(w, dtype=np.float64), 8 * feats.n)
-        lib.mlb_in_commit(region, m)
-        return True
+        rec = self.pipeline.run_once(self.region, w_min=self.w_min, w_max=self.w_max,
+                                     ttl_ns=self.ttl_ns)
+        self.last = rec
+        return rec is not None and rec.published

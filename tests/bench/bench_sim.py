@@ -36,7 +36,6 @@ def _best(fn, n=REPEATS):
 
 def run(progress) -> dict[str, float]:
     from marllb.daemon._core import lib
-    from marllb.daemon.policies import make_policy
     from marllb.sim.cluster import Cluster, scenario_trace
     from marllb.sim.lb import SimDaemon, SimLB
     from marllb.sim.scenario import load_scenario
@@ -54,7 +53,7 @@ def run(progress) -> dict[str, float]:
 
     lb = SimLB(n_servers=7, n_workers=1, static_weights=[2] * 4 + [4] * 3, mode=1, seed=1,
                publish_interval_ns=250_000_000, flow_capacity=4096)
-    d = SimDaemon(lb, make_policy("sed"), ttl_ns=10**9, seed=2)
+    d = SimDaemon(lb, "sed", ttl_ns=10**9, seed=2)
     for i in range(200):    # some active flows, as in S1
         lib.mlb_dp_packet(lb.dp, 0, 7919 * i + 1, 10**9, 100, 1)
     k = [0]
