@@ -77,6 +77,26 @@ class SimResult:
         ok = np.isfinite(self.done) & (self.arrival >= self.warmup_s)
         return self.done[ok] - self.arrival[ok]
 
+    def details(self) -> dict:
+        """Extra metrics beyond summary(): per-server utilisation (work served /
+        capacity x time), weight churn at LB 0 (mean over ticks of
+        sum |w_t - w_t-1| / sum w_t-1) and the data-plane counters."""
+        served = np.isfinite(self.done)
+        busy = np.bincount(self.server[served], weights=self.work[served],
+                           minlength=len(self.capacity_cores))
+        span = float(self.meta.get("sim_time_s", 0.0)) or 1.0
+        w = self.tick_weights
+        churn = 0.0
+        if w.shape[0] > 1:
+            prev = w[:-1].sum(axis=1)
+            d = np.abs(np.diff(w, axis=0)).sum(axis=1)
+            churn = float(np.mean(np.where(prev > 0, d / np.where(prev > 0, prev, 1), 0.0)))
+        return {
+            "server_utilisation": (busy / (self.capacity_cores * span)).round(4).tolist(),
+            "weight_churn": churn,
+            **{k: v for k, v in self.meta.items() if k != "stopped_early"},
+        }
+
     def summary(self) -> dict[str, float]:
         jct_ms = self.jct * 1e3
         scored = self.arrival >= self.warmup_s

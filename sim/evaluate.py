@@ -135,5 +135,8 @@ def write_report(out: Path, scenario: str, trace: str | None,
     summary = {"scenario": scenario, "trace": trace, "policies": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
     (out / "summary.md").write_text(markdown_table(scenario, trace, results, seeds))
+    details = {pol: r.details() for pol, r in firsts.items()}
+    (out / "details.json").write_text(json.dumps(
+        {"note": "seed 0 of each policy", "policies": details}, indent=2) + "\n")
     if plots:
         plot(firsts, out)

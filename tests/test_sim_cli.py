@@ -70,6 +70,8 @@ def test_eval_writes_summary_table_and_plots(tmp_path, capsys):
         assert set(m) == KEYS
         assert m["flows"] > 0 and m["jct_mean_ms"] > 0
     assert "| sed |" in (out / "summary.md").read_text()
+    det = json.loads((out / "details.json").read_text())["policies"]["sed"]
+    assert len(det["server_utilisation"]) == 3 and det["msg_in_accepted"] > 0
     for png in ("jct_cdf.png", "load_sed.png", "weights_oracle.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "| oracle |" in capsys.readouterr().out
