@@ -45,6 +45,11 @@ typedef struct {
     mlb_sampler_t *samp;           /* [server][MLB_RES_KINDS] */
     uint32_t active[MLB_MAX_SERVERS];
     wctr_t ctr[MLB_MAX_SERVERS];
+    /* SED/LSQ tournament tree over this worker's scores: leaf i holds
+     * sc[i] = (active[i] + 1) * inv[i]; win[node] is the winning server of
+     * the subtree (lower score, then lower index); win[1] is the argmin. */
+    double sc[MLB_MAX_SERVERS];
+    uint16_t win[2 * MLB_MAX_SERVERS];
 } worker_t;
 
 typedef struct {
@@ -56,6 +61,8 @@ typedef struct {
 typedef struct {
     uint32_t mode;
     uint32_t n_elig;
+    uint32_t tree;                    /* mode selects by the tournament tree */
+    uint32_t _pad;
     uint8_t elig[MLB_MAX_SERVERS];
     double weight[MLB_MAX_SERVERS];   /* weight in force (raw) */
     double inv[MLB_MAX_SERVERS];      /* score multiplier; INFINITY if not eligible */
@@ -71,6 +78,8 @@ struct mlb_dp {
     uint32_t n_workers;
     uint32_t n_slots;
     uint32_t maglev_size;
+    uint32_t tree_leaves;             /* power of two >= n_servers */
+    uint32_t _pad;
     _Atomic uint32_t cur;             /* index of the policy in force */
     uint32_t source;                  /* MLB_SRC_* */
     policy_t pol[2];
@@ -273,6 +282,29 @@ static void build_maglev(uint16_t *t, uint32_t m, const uint32_t *ids,
     }
 }
 
+static inline uint32_t tree_better(const double *sc, uint32_t a, uint32_t b)
+{
+    return (sc[b] < sc[a] || (sc[b] == sc[a] && b < a)) ? b : a;
+}
+
+/* Leaf s changed: replay the matches on its path to the root. */
+static inline void tree_update(worker_t *wk, const policy_t *p, uint32_t leaves, uint32_t s)
+{
+    wk->sc[s] = (double)(wk->active[s] + 1u) * p->inv[s];
+    for (uint32_t node = (leaves + s) >> 1; node; node >>= 1)
+        wk->win[node] = (uint16_t)tree_better(wk->sc, wk->win[2 * node], wk->win[2 * node + 1]);
+}
+
+static void tree_build(worker_t *wk, const policy_t *p, uint32_t n, uint32_t leaves)
+{
+    for (uint32_t i = 0; i < leaves; i++) {
+        wk->sc[i] = i < n ? (double)(wk->active[i] + 1u) * p->inv[i] : INFINITY;
+        wk->win[leaves + i] = (uint16_t)i;
+    }
+    for (uint32_t node = leaves - 1; node; node--)
+        wk->win[node] = (uint16_t)tree_better(wk->sc, wk->win[2 * node], wk->win[2 * node + 1]);
+}
+
 static void rebuild(mlb_dp_t *dp)
 {
     uint32_t cur = atomic_load_explicit(&dp->cur, memory_order_relaxed);
@@ -298,6 +330,11 @@ static void rebuild(mlb_dp_t *dp)
     else
         build_maglev(p->maglev, dp->maglev_size, dp->id, p->elig, n);
     p->maglev_ids = dp->id_epoch;
+    p->tree = p->mode == MLB_MODE_SED || p->mode == MLB_MODE_LEAST_ACTIVE;
+    /* control thread, no worker inside mlb_dp_packet: safe to rebuild */
+    if (p->tree)
+        for (uint32_t w = 0; w < dp->n_workers; w++)
+            tree_build(&dp->wk[w], p, n, dp->tree_leaves);
     atomic_store_explicit(&dp->cur, cur ^ 1, memory_order_release);
 }
 
@@ -332,6 +369,9 @@ mlb_dp_t *mlb_dp_create(const mlb_dp_config_t *cfg)
     dp->n_workers = cfg->n_workers;
     dp->n_slots = pow2_at_least(cfg->flow_capacity);
     dp->maglev_size = maglev_size_for(cfg);
+    dp->tree_leaves = 1;
+    while (dp->tree_leaves < cfg->n_servers)
+        dp->tree_leaves <<= 1;
     dp->cfg_mode = cfg->mode;
     dp->source = MLB_SRC_STATIC;
     for (int i = 0; i < 2; i++) {
@@ -397,35 +437,6 @@ int mlb_dp_set_mode(mlb_dp_t *dp, uint32_t mode)
 
 /* ---------- selection ---------- */
 
-/* argmin of (active+1) * inv over [0, n), lowest index among equal scores:
- * exactly a left-to-right scan with a strict '<'.  Done in three short
- * passes the compiler can pipeline: scores (vectorised), minimum (four
- * independent lanes), then the first index holding the minimum. */
-static inline int32_t argmin_score(const double *inv, const uint32_t *active, uint32_t n)
-{
-    double sc[MLB_MAX_SERVERS];
-    for (uint32_t i = 0; i < n; i++)
-        sc[i] = (double)(active[i] + 1u) * inv[i];
-    double m0 = INFINITY, m1 = INFINITY, m2 = INFINITY, m3 = INFINITY;
-    uint32_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        m0 = sc[i] < m0 ? sc[i] : m0;
-        m1 = sc[i + 1] < m1 ? sc[i + 1] : m1;
-        m2 = sc[i + 2] < m2 ? sc[i + 2] : m2;
-        m3 = sc[i + 3] < m3 ? sc[i + 3] : m3;
-    }
-    for (; i < n; i++)
-        m0 = sc[i] < m0 ? sc[i] : m0;
-    m0 = m1 < m0 ? m1 : m0;
-    m2 = m3 < m2 ? m3 : m2;
-    m0 = m2 < m0 ? m2 : m0;
-    if (!(m0 < INFINITY))
-        return MLB_DP_NO_SERVER;
-    for (i = 0; sc[i] != m0; i++)
-        ;
-    return (int32_t)i;
-}
-
 static inline uint32_t alias_draw(const policy_t *p, mlb_rng_t *rng, uint32_t n)
 {
     uint64_t r = mlb_rng_u64(rng);
@@ -458,8 +469,10 @@ static inline int32_t select_new(const mlb_dp_t *dp, const policy_t *p, worker_t
             return (int32_t)b;
         return (int32_t)a;
     }
-    default: /* SED, LEAST_ACTIVE */
-        return argmin_score(p->inv, wk->active, n);
+    default: { /* SED, LEAST_ACTIVE: the tree's root, O(1) */
+        uint32_t b = wk->win[1];
+        return wk->sc[b] < INFINITY ? (int32_t)b : MLB_DP_NO_SERVER;
+    }
     }
 }
 
@@ -486,11 +499,14 @@ int32_t mlb_dp_hash_lookup(const mlb_dp_t *dp, uint64_t flow_hash)
 #define END_TIMEOUT 1
 #define END_DOWN 2
 
-static void end_flow(worker_t *wk, uint32_t slot, uint64_t now_ns, int why)
+static void end_flow(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, uint32_t slot,
+                     uint64_t now_ns, int why)
 {
     flow_t *f = &wk->flows[slot];
     uint32_t s = f->server;
     wk->active[s]--;
+    if (p->tree)
+        tree_update(wk, p, dp->tree_leaves, s);
     wk->ctr[s].completed++;
     if (why == END_TIMEOUT)
         wk->ctr[s].timeouts++;
@@ -537,15 +553,15 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
         flow_t *f = &wk->flows[slot];
         uint32_t s = f->server;
         if (idle(f, now_ns, timeout)) {
-            end_flow(wk, slot, now_ns, END_TIMEOUT);
+            end_flow(dp, p, wk, slot, now_ns, END_TIMEOUT);
         } else if (dp->admin[s] == MLB_ADMIN_DOWN) {
-            end_flow(wk, slot, now_ns, END_DOWN);
+            end_flow(dp, p, wk, slot, now_ns, END_DOWN);
         } else {
             f->last_ns = now_ns;
             wk->ctr[s].packets++;
             wk->ctr[s].bytes += bytes;
             if (end)
-                end_flow(wk, slot, now_ns, END_FIN);
+                end_flow(dp, p, wk, slot, now_ns, END_FIN);
             return (int32_t)s;
         }
         break;
@@ -568,7 +584,7 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
     if (free_slot == UINT32_MAX)
         for (uint32_t i = 0; i < BUCKET; i++)
             if (idle(&wk->flows[base + i], now_ns, timeout)) {
-                end_flow(wk, base + i, now_ns, END_TIMEOUT);
+                end_flow(dp, p, wk, base + i, now_ns, END_TIMEOUT);
                 free_slot = base + i;
                 break;
             }
@@ -582,6 +598,8 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
     f->last_ns = now_ns;
     f->server = (uint32_t)s;
     wk->active[s]++;
+    if (p->tree)
+        tree_update(wk, p, dp->tree_leaves, (uint32_t)s);
     wk->n_flows++;
     return s;
 }
@@ -591,6 +609,7 @@ void mlb_dp_sweep(mlb_dp_t *dp, uint32_t worker, uint64_t now_ns, int sample_age
     if (worker >= dp->n_workers)
         return;
     worker_t *wk = &dp->wk[worker];
+    const policy_t *p = policy_now(dp);
     uint64_t timeout = dp->cfg.idle_timeout_ns;
     if (sample_ages)
         for (uint32_t i = 0; i < dp->n_servers; i++)
@@ -602,9 +621,9 @@ void mlb_dp_sweep(mlb_dp_t *dp, uint32_t worker, uint64_t now_ns, int sample_age
             continue;
         flow_t *f = &wk->flows[slot];
         if (idle(f, now_ns, timeout))
-            end_flow(wk, slot, now_ns, END_TIMEOUT);
+            end_flow(dp, p, wk, slot, now_ns, END_TIMEOUT);
         else if (dp->admin[f->server] == MLB_ADMIN_DOWN)
-            end_flow(wk, slot, now_ns, END_DOWN);
+            end_flow(dp, p, wk, slot, now_ns, END_DOWN);
         else if (sample_ages)
             mlb_sampler_add_inline(&wk->samp[f->server * MLB_RES_KINDS + MLB_RES_AGE], now_ns,
                                    now_ns > f->first_ns ? (double)(now_ns - f->first_ns) * 1e-9

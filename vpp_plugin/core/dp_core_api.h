@@ -14,7 +14,9 @@
  * Selection (new flows only; a pinned flow keeps its server):
  *   SED           argmin_j (active_j + 1) * (1 / w_j) over eligible servers,
  *                 computed in double; ties (equal doubles) -> LOWEST index.
- *                 active_j is the calling worker's own count of active flows.
+ *                 active_j is the calling worker's own count of active flows
+ *                 (a per-worker tournament tree: O(log n) per flow start or
+ *                 end, O(1) per selection).
  *   LEAST_ACTIVE  argmin_j active_j over eligible servers; ties -> lowest index.
  *   WRANDOM       weighted random (Vose alias table, per-worker mlb_rng).
  *   P2C           two weighted-random draws, the lower SED score wins
