@@ -400,3 +400,10 @@ def test_random_event_mix_keeps_counters_consistent(mode: int) -> None:
     assert fct == sum(p.completed_flows for p in per) - st.down_evictions
     lib.mlb_dp_timer(dp, ffi.NULL, t + 3 * SEC)      # everything idles out
     assert dp_stats(dp).flows == 0 and active(dp, n).sum() == 0
+
+
+def test_wcmp_extreme_weights_keep_their_ratio() -> None:
+    dp = make_dp(3, lib.MLB_MODE_WRANDOM, weights=[1e300, 3e300, 0], seed=21)
+    counts = np.bincount([lib.mlb_dp_select(dp, 0, 0) for _ in range(40_000)], minlength=3)
+    assert counts[2] == 0
+    assert sps.chisquare(counts[:2], [10_000, 30_000]).pvalue > 1e-3

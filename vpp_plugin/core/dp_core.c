@@ -193,11 +193,14 @@ int mlb_dp_config_check(const mlb_dp_config_t *cfg, const char **field)
 /* Vose's alias method over w[0..n-1] (w >= 0, ineligible entries 0). */
 static void build_alias(alias_t *a, const double *w, const uint8_t *elig, uint32_t n)
 {
-    double p[MLB_MAX_SERVERS], sum = 0.0;
+    double p[MLB_MAX_SERVERS], sum = 0.0, max = 0.0;
     uint32_t small[MLB_MAX_SERVERS], large[MLB_MAX_SERVERS], ns = 0, nl = 0;
     uint32_t first_elig = NONE16;
+    for (uint32_t i = 0; i < n; i++)
+        if (elig[i] && w[i] > max)
+            max = w[i];
     for (uint32_t i = 0; i < n; i++) {
-        double x = elig[i] ? w[i] : 0.0;
+        double x = elig[i] ? w[i] / max : 0.0;   /* scaled: no overflow */
         sum += x;
         if (elig[i] && first_elig == NONE16)
             first_elig = i;
@@ -209,7 +212,7 @@ static void build_alias(alias_t *a, const double *w, const uint8_t *elig, uint32
             a[i].thresh = 0;
             continue;
         }
-        p[i] = (elig[i] ? w[i] : 0.0) * (double)n / sum;
+        p[i] = (elig[i] ? w[i] / max : 0.0) * (double)n / sum;
         if (p[i] < 1.0)
             small[ns++] = i;
         else
