@@ -87,8 +87,9 @@ static uint32_t live_of(const mlb_reservoir_t *r, uint64_t *n_seen)
  * variance than the hypergeometric draw); within a source a uniform subset
  * of its live slots is taken by a partial Fisher-Yates shuffle. */
 int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
-                        mlb_reservoir_t *dst, mlb_rng_t *rng)
+                        mlb_reservoir_t *dst, mlb_rng_t *rng_io)
 {
+    mlb_rng_t local = *rng_io, *rng = &local;   /* keep the state in a register */
     uint64_t n[MLB_MAX_WORKERS], total = 0;
     uint32_t live[MLB_MAX_WORKERS];
     if (nsrc > MLB_MAX_WORKERS)
@@ -118,16 +119,19 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
             continue;
         }
         /* Floyd's algorithm: a uniform `take`-subset of the live slots
-         * with `take` draws and a bitmap, no shuffle array to initialise */
+         * with `take` draws into a bitmap; then copy in slot order, so the
+         * reads of the shared frame are sequential (prefetch-friendly). */
         uint64_t used[K / 64] = {0};
         for (uint32_t j = live[i] - (uint32_t)take; j < live[i]; j++) {
             uint32_t t = mlb_rng_below(rng, j + 1);
-            if (used[t / 64] >> (t % 64) & 1)
-                t = j;
+            t = (used[t / 64] >> (t % 64) & 1) ? j : t;
             used[t / 64] |= 1ULL << (t % 64);
-            dst->s[out++] = src[i]->s[t];
         }
+        for (uint32_t b = 0; b < K / 64; b++)
+            for (uint64_t bits = used[b]; bits; bits &= bits - 1)
+                dst->s[out++] = src[i]->s[b * 64 + (uint32_t)__builtin_ctzll(bits)];
     }
+    *rng_io = local;
     dst->count = out;
     dst->n_seen = total;
     dst->_pad = 0;
