@@ -258,3 +258,16 @@ def test_region_of_another_shape_is_refused() -> None:
     lib.mlb_region_init(other, lib.mlb_region_size(), N + 1, 2, GEN, 250 * MS, b"x", 0)
     assert lib.mlb_dp_timer(dp, other, SEC) == lib.MLB_DP_BAD_ARG
     assert lib.mlb_region_load_u64(ffi.addressof(other.hdr, "out_published")) == 0
+
+
+def test_timer_due_says_when_there_is_work() -> None:
+    dp, r = make()
+    assert lib.mlb_dp_timer_due(dp, r, SEC)            # never published yet
+    lib.mlb_dp_timer(dp, r, SEC)
+    assert not lib.mlb_dp_timer_due(dp, r, SEC + 10 * MS)
+    assert lib.mlb_dp_timer_due(dp, r, SEC + 250 * MS)  # publish interval
+    send(r, [1, 2, 3, 4], seq=1, dp_t=SEC, ttl=100 * MS)
+    assert lib.mlb_dp_timer_due(dp, r, SEC + 10 * MS)   # a new msg_in
+    lib.mlb_dp_timer(dp, r, SEC + 10 * MS)
+    assert not lib.mlb_dp_timer_due(dp, r, SEC + 20 * MS)
+    assert lib.mlb_dp_timer_due(dp, r, SEC + 101 * MS)  # weights expired

@@ -155,12 +155,14 @@ VLIB_REGISTER_NODE (lb_rl_node) = {
 #ifndef CLIB_MARCH_VARIANT
 /* Timer: apply msg_in, publish msg_out, idle sweep; never on packet arrival,
  * so frames and weight expiry go on with no traffic.  Runs under the worker
- * barrier because it reads the workers' flow tables and counters. */
+ * barrier because it reads the workers' flow tables and counters and swaps
+ * the policy; calls with nothing to do only beat the heartbeat. */
 static uword
 lb_rl_process (vlib_main_t *vm, vlib_node_runtime_t *rt, vlib_frame_t *f)
 {
   lb_rl_main_t *lrm = &lb_rl_main;
   uword *event_data = 0;
+  u64 now;
 
   while (1)
     {
@@ -169,8 +171,14 @@ lb_rl_process (vlib_main_t *vm, vlib_node_runtime_t *rt, vlib_frame_t *f)
       vec_reset_length (event_data);
       if (!lrm->dp || !lrm->region)
 	continue;
+      now = lb_rl_now_ns (vm);
+      if (!mlb_dp_timer_due (lrm->dp, lrm->region, now))
+	{
+	  mlb_region_heartbeat (lrm->region, now);
+	  continue;
+	}
       vlib_worker_thread_barrier_sync (vm);
-      mlb_dp_timer (lrm->dp, lrm->region, lb_rl_now_ns (vm));
+      mlb_dp_timer (lrm->dp, lrm->region, now);
       vlib_worker_thread_barrier_release (vm);
     }
   return 0;

@@ -791,8 +791,9 @@ int mlb_dp_timer(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
         dp->aged_once = 1;
         dp->last_age_ns = now_ns;
     }
-    for (uint32_t w = 0; w < dp->n_workers; w++)
-        mlb_dp_sweep(dp, w, now_ns, due);
+    if (due)    /* idle and DOWN eviction + ages, once per publish interval */
+        for (uint32_t w = 0; w < dp->n_workers; w++)
+            mlb_dp_sweep(dp, w, now_ns, 1);
     int rc = MLB_APPLY_NONE;
     if (region)
         rc = mlb_dp_apply(dp, region, now_ns);
@@ -806,6 +807,16 @@ int mlb_dp_timer(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
         mlb_region_heartbeat(region, now_ns);
     }
     return rc;
+}
+
+int mlb_dp_timer_due(const mlb_dp_t *dp, const mlb_region_t *region, uint64_t now_ns)
+{
+    if (!dp->aged_once || now_ns - dp->last_age_ns >= dp->cfg.publish_interval_ns)
+        return 1;
+    if (region && mlb_region_load_u64(&region->hdr.in_published) != dp->in_seen_p)
+        return 1;
+    return dp->source == MLB_SRC_DAEMON &&
+           (now_ns < dp->daemon_dp_t_ns || now_ns - dp->daemon_dp_t_ns > dp->daemon_ttl_ns);
 }
 
 /* ---------- read helpers ---------- */

@@ -107,12 +107,17 @@ int mlb_dp_set_mode(mlb_dp_t *dp, uint32_t mode);
 int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
                       uint64_t now_ns, uint32_t bytes, uint32_t flags);
 
-/* Timer (VPP process node / simulator), never per packet: idle sweep,
- * apply the latest msg_in, expire stale daemon weights, and when a publish
- * interval has passed sample in-progress ages (once per flow) and publish
- * msg_out; heartbeat every call.  region may be NULL (no apply/publish).
- * Returns the MLB_APPLY_* of this call. */
+/* Timer (VPP process node / simulator), never per packet: apply the latest
+ * msg_in, expire stale daemon weights, and once per publish interval sweep
+ * the flow tables (idle timeout, DOWN eviction, one age sample per
+ * in-progress flow) and publish msg_out; heartbeat every call.  region may
+ * be NULL (no apply/publish).  Returns the MLB_APPLY_* of this call, or
+ * MLB_DP_BAD_ARG for a region of another server/worker count. */
 int mlb_dp_timer(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns);
+/* Non-zero when mlb_dp_timer has work now (publish due, a new msg_in,
+ * daemon weights expired); read-only, so a caller can skip stopping
+ * workers for a timer call that would do nothing but the heartbeat. */
+int mlb_dp_timer_due(const mlb_dp_t *dp, const mlb_region_t *region, uint64_t now_ns);
 
 /* Pieces of mlb_dp_timer, for callers that split them. */
 void mlb_dp_sweep(mlb_dp_t *dp, uint32_t worker, uint64_t now_ns, int sample_ages);
