@@ -271,3 +271,34 @@ def test_timer_due_says_when_there_is_work() -> None:
     lib.mlb_dp_timer(dp, r, SEC + 10 * MS)
     assert not lib.mlb_dp_timer_due(dp, r, SEC + 20 * MS)
     assert lib.mlb_dp_timer_due(dp, r, SEC + 101 * MS)  # weights expired
+
+
+def test_over_real_shm_with_a_daemon_side_attach() -> None:
+    import os
+
+    from marllb.daemon.shm import Region, unlink
+
+    name = f"mlb-test-dp-{os.getpid()}"
+    dp, _ = make()
+    owner = Region.create(name, N, 2, publish_interval_ns=250 * MS, generation=99)
+    try:
+        daemon = Region.attach(name)
+        try:
+            lib.mlb_dp_packet(dp, 0, 1234, SEC, 100, lib.MLB_PKT_SYN)
+            lib.mlb_dp_timer(dp, owner.ptr, SEC)
+            view = ffi.new("mlb_out_view_t *")
+            daemon.snapshot_view(view, ffi.new("mlb_rng_t *"))
+            assert view.meta.dp_gen == 99
+            assert sum(view.servers[i].active_flows for i in range(N)) == 1
+            with daemon.write_in() as m:
+                m.daemon_gen, m.msg_seq, m.dp_gen = 3, 1, daemon.generation
+                m.dp_t_ns, m.ttl_ns, m.mode, m.n_servers = SEC, SEC, lib.MLB_MODE_SED, N
+                for i in range(N):
+                    m.weight[i] = 1.0 + i
+            assert lib.mlb_dp_timer(dp, owner.ptr, SEC + MS) == lib.MLB_APPLY_ACCEPTED
+            assert weights_in_force(dp) == [1, 2, 3, 4]
+        finally:
+            daemon.close()
+    finally:
+        owner.close()
+        unlink(name)
