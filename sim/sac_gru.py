@@ -1,0 +1,172 @@
+"""Discrete SAC with a GRU actor for the marllb env, CleanRL-style, one file.
+
+- Actor: the same shared-parameter GRU agent as QMIX (``qmix.Agent``; the
+  daemon serves it with ``marllb.daemon.nets.NumpyAgent``), its head giving
+  logits over the weight levels of one server.  Training samples from the
+  softmax; serving takes the most probable level.
+- Critics: twin Q-networks, centralised (the agent's input row plus the
+  global state, training only), feed-forward; target critics by Polyak
+  averaging.  Targets: n-step team reward plus the soft value
+  sum_a pi(a|o') (min Q_targ(o', s', a) - alpha log pi(a|o')) past the window.
+- Entropy temperature alpha tuned automatically towards a target entropy of
+  ``target_entropy_frac * log(levels)``.
+- Replay and burn-in windows as in QMIX (``qmix.Replay``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from marllb.daemon.nets import NumpyAgent
+from marllb.sim.qmix import Agent, Replay, nstep_targets
+from torch import nn
+
+__all__ = ["Replay", "SacConfig", "SacGru"]
+
+
+@dataclass
+class SacConfig:
+    hidden: int = 64
+    critic_hidden: int = 128
+    lr_actor: float = 3e-4
+    lr_critic: float = 5e-4
+    lr_alpha: float = 3e-4
+    gamma: float = 0.95
+    n_step: int = 5
+    burn_in: int = 8
+    window: int = 32
+    batch: int = 32
+    tau: float = 0.01
+    target_entropy_frac: float = 0.3
+    buffer_episodes: int = 300
+    grad_clip: float = 10.0
+
+
+class Critic(nn.Module):
+    """Q(o_i, s, .) for one agent: MLP over its input row and the global state."""
+
+    def __init__(self, obs_dim: int, state_dim: int, hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim + state_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, n_out))
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """x: (..., A, D), s: (..., S) -> (..., A, K)."""
+        s = s.unsqueeze(-2).expand(*x.shape[:-1], s.shape[-1])
+        return self.net(torch.cat([x, s], dim=-1))
+
+
+class SacGru:
+    def __init__(self, obs_dim: int, state_dim: int, n_agents: int, n_levels: int,
+                 cfg: SacConfig | None = None, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.cfg = cfg or SacConfig()
+        c = self.cfg
+        self.n_levels = n_levels
+        self.actor_net = Agent(obs_dim, c.hidden, n_levels)
+        self.q1 = Critic(obs_dim, state_dim, c.critic_hidden, n_levels)
+        self.q2 = Critic(obs_dim, state_dim, c.critic_hidden, n_levels)
+        self.q1_t = Critic(obs_dim, state_dim, c.critic_hidden, n_levels)
+        self.q2_t = Critic(obs_dim, state_dim, c.critic_hidden, n_levels)
+        self.q1_t.load_state_dict(self.q1.state_dict())
+        self.q2_t.load_state_dict(self.q2.state_dict())
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.target_entropy = c.target_entropy_frac * math.log(n_levels)
+        self.opt_actor = torch.optim.Adam(self.actor_net.parameters(), lr=c.lr_actor)
+        self.critic_params = list(self.q1.parameters()) + list(self.q2.parameters())
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=c.lr_critic)
+        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=c.lr_alpha)
+        self.updates = 0
+
+    def actor(self, eps: float, rng: np.random.Generator, greedy: bool = False):  # noqa: ANN201
+        """An act_fn for MarlEnv.rollout: sample from pi (greedy: most probable).
+        ``eps`` is unused (exploration comes from the policy's entropy)."""
+        net = NumpyAgent(self.actor_net.numpy_params())
+        hs: list[np.ndarray] = []
+
+        def act(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            if not hs:
+                hs.extend(net.init_hidden(x.shape[0]) for x in inputs)
+            out = []
+            for k, x in enumerate(inputs):
+                logits, hs[k] = net.step(x, hs[k])
+                if greedy:
+                    out.append(np.argmax(logits, axis=1))
+                    continue
+                z = logits - logits.max(axis=1, keepdims=True)
+                p = np.exp(z)
+                p /= p.sum(axis=1, keepdims=True)
+                u = rng.random((p.shape[0], 1))
+                out.append(np.minimum((np.cumsum(p, axis=1) < u).sum(axis=1),
+                                      self.n_levels - 1))
+            return out
+
+        return act
+
+    def update(self, buf: Replay, rng: np.random.Generator) -> float:
+        c = self.cfg
+        width = c.burn_in + c.window + c.n_step
+        b = {k: torch.from_numpy(v) for k, v in buf.sample(c.batch, width, rng).items()}
+        W, B, A, D = b["x"].shape
+        x = b["x"].reshape(W, B * A, D)
+        h0 = torch.zeros(B * A, c.hidden)
+        with torch.no_grad():
+            _, hb = self.actor_net(x[: c.burn_in], h0)
+        logits, _ = self.actor_net(x[c.burn_in:], hb)
+        logits = logits.reshape(W - c.burn_in, B, A, -1)
+        logp = torch.log_softmax(logits, dim=-1)
+        p = logp.exp()
+        xs = b["x"][c.burn_in:]
+        st = b["state"][c.burn_in:]
+        amask = b["amask"]
+        alpha = self.log_alpha.exp().detach()
+
+        # ---- critics
+        with torch.no_grad():
+            qt = torch.min(self.q1_t(xs, st), self.q2_t(xs, st))
+            v = (p * (qt - alpha * logp)).sum(-1)                     # (W', B, A)
+            y = nstep_targets(b["rew"][c.burn_in:].unsqueeze(-1),
+                              b["valid"][c.burn_in:].unsqueeze(-1), v,
+                              c.gamma, c.n_step, 0, c.window)       # (window, B, A)
+        act = b["act"][c.burn_in: c.burn_in + c.window].unsqueeze(-1)
+        xw, sw = xs[: c.window], st[: c.window]
+        m = b["valid"][c.burn_in: c.burn_in + c.window].unsqueeze(-1) * amask
+        denom = m.sum().clamp(min=1.0)
+        q1 = self.q1(xw, sw).gather(-1, act).squeeze(-1)
+        q2 = self.q2(xw, sw).gather(-1, act).squeeze(-1)
+        lc = (((q1 - y) ** 2 + (q2 - y) ** 2) * m).sum() / denom
+        self.opt_critic.zero_grad()
+        lc.backward()
+        nn.utils.clip_grad_norm_(self.critic_params, c.grad_clip)
+        self.opt_critic.step()
+
+        # ---- actor
+        with torch.no_grad():
+            qmin = torch.min(self.q1(xw, sw), self.q2(xw, sw))
+        pw, lpw = p[: c.window], logp[: c.window]
+        la = ((pw * (alpha * lpw - qmin)).sum(-1) * m).sum() / denom
+        self.opt_actor.zero_grad()
+        la.backward()
+        nn.utils.clip_grad_norm_(self.actor_net.parameters(), c.grad_clip)
+        self.opt_actor.step()
+
+        # ---- temperature
+        ent = -((pw * lpw).sum(-1) * m).sum().detach() / denom
+        lalpha = self.log_alpha * (ent - self.target_entropy)
+        self.opt_alpha.zero_grad()
+        lalpha.backward()
+        self.opt_alpha.step()
+
+        with torch.no_grad():
+            for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
+                for a, t in zip(net.parameters(), tgt.parameters(), strict=True):
+                    t.mul_(1 - c.tau).add_(c.tau * a)
+        self.updates += 1
+        return float(lc.item())
+
+    def policy_params(self) -> dict[str, np.ndarray]:
+        return self.actor_net.numpy_params()
