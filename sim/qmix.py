@@ -215,6 +215,11 @@ class QMIX:
             self._sync()
         return float(loss.item())
 
+    def load_policy_params(self, tensors: dict[str, np.ndarray]) -> None:
+        """Start from a checkpoint's agent (targets follow)."""
+        self.agent.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()})
+        self._sync()
+
     def policy_params(self) -> dict[str, np.ndarray]:
         """The tensors the daemon serves (the agent only)."""
         return self.agent.numpy_params()

@@ -168,5 +168,10 @@ class SacGru:
         self.updates += 1
         return float(lc.item())
 
+    def load_policy_params(self, tensors: dict[str, np.ndarray]) -> None:
+        """Start from a checkpoint's actor."""
+        self.actor_net.load_state_dict(
+            {k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()})
+
     def policy_params(self) -> dict[str, np.ndarray]:
         return self.actor_net.numpy_params()

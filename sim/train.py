@@ -91,7 +91,8 @@ def evaluate_greedy(learner: Any, envs: list[MarlEnv], seeds: list[int],
 def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
           eval_every_s: float = 60.0, eval_seeds: int = 2, duration: float | None = None,
           updates_per_episode: int = 4, quiet: bool = False,
-          episodes: int | None = None) -> dict[str, Any]:
+          episodes: int | None = None, init: str | None = None,
+          eps_start: float = 1.0) -> dict[str, Any]:
     """Train for ``minutes`` of wall clock (or exactly ``episodes`` episodes,
     which makes a seeded run repeatable); returns the summary written to eval.json."""
     from marllb.sim.qmix import Replay
@@ -101,13 +102,25 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t_start = time.monotonic()
-    stats = [feature_stats(sc, [TRAIN_SEED0 - 1]) for sc in scs]
-    mean = np.mean([m for m, _ in stats], axis=0)
-    std = np.sqrt(np.mean([s * s for _, s in stats], axis=0))
+    init_t: dict[str, np.ndarray] | None = None
+    prior: dict[str, Any] = {}
+    if init:
+        # continue from a checkpoint: its agent, and its normalisation (the
+        # inputs must mean what they meant when it was trained)
+        init_t, prior = ckpt.load(init)
+        ckpt.validate(init_t, prior, init, algorithm=algo)
+        mean = np.asarray(prior["features"]["mean"])
+        std = np.asarray(prior["features"]["std"])
+    else:
+        stats = [feature_stats(sc, [TRAIN_SEED0 - 1]) for sc in scs]
+        mean = np.mean([m for m, _ in stats], axis=0)
+        std = np.sqrt(np.mean([s * s for _, s in stats], axis=0))
     l_max = max(sc.edge.n_lbs for sc in scs)
     m_max = max(sc.n_servers for sc in scs)
     envs = [MarlEnv(sc, mean, std, l_max=l_max, m_max=m_max) for sc in scs]
     learner = make_learner(algo, envs[0], seed)
+    if init_t is not None:
+        learner.load_policy_params(init_t)
     buf = Replay(learner.cfg.buffer_episodes)
     ev_seeds = [EVAL_SEED0 + i for i in range(eval_seeds)]
     _, base, base_ret = evaluate_greedy(None, envs, ev_seeds)
@@ -128,7 +141,10 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
         "scenario": scenario,
         "seed": seed,
         "command": f"lbsim train --algo {algo} --scenario {scenario} --minutes {minutes:g} "
-                   f"--seed {seed}" + (f" --duration {duration:g}" if duration else ""),
+                   f"--seed {seed}" + (f" --duration {duration:g}" if duration else "")
+                   + (f" --init {init} --eps-start {eps_start:g}" if init else ""),
+        "previous": ({"command": prior.get("command"), "trained": prior.get("trained")}
+                     if init else None),
     }
     best_path = out / "best"
     ckpt.save(best_path, learner.policy_params(), {**meta, "trained": {"episodes": 0,
@@ -150,7 +166,7 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
         if (episodes is None and el >= budget) or (episodes is not None and ep_i >= episodes):
             break
         frac = el / budget if episodes is None else ep_i / episodes
-        eps = max(0.05, 1.0 - frac / 0.4)
+        eps = max(0.05, eps_start - (eps_start - 0.05) * frac / 0.4)
         k = ep_i % len(envs)
         ep = envs[k].rollout(learner.actor(eps, rng), TRAIN_SEED0 + ep_i)
         buf.add(ep)
@@ -231,8 +247,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         s = train(args.algo, args.scenario, minutes=args.minutes, seed=args.seed,
                   out=Path(args.out), eval_every_s=args.eval_every, eval_seeds=args.eval_seeds,
-                  duration=args.duration, quiet=args.quiet, episodes=args.episodes)
-    except ScenarioError as e:
+                  duration=args.duration, quiet=args.quiet, episodes=args.episodes,
+                  init=args.init, eps_start=args.eps_start)
+    except (ScenarioError, ckpt.CheckpointError) as e:
         print(f"lbsim: error: {e}", file=sys.stderr)
         return 78
     print(f"lbsim train: {s['episodes']} episodes in {s['seconds']} s, best held-back score "
@@ -259,5 +276,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-seeds", type=int, default=2, help="held-back seeds per scenario")
     p.add_argument("--duration", type=float, help="simulated seconds per training episode "
                    "(default: the scenario's)")
+    p.add_argument("--init", help="continue from this checkpoint (its agent and feature "
+                   "normalisation; critics/mixer start fresh)")
+    p.add_argument("--eps-start", type=float, default=1.0,
+                   help="QMIX epsilon at the start (default 1.0; decays to 0.05 over 40%%)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
