@@ -18,6 +18,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)  # never let a slow reader stall the tick loop
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         self.watchdog_usec = int(usec) if usec.isdigit() and (not pid or pid == str(os.getpid())) \

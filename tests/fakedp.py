@@ -146,6 +146,10 @@ class FakeDataPlane:
         return [float(m.weight[i]) for i in range(int(m.n_servers))]
 
     def close(self, unlink_region: bool = True) -> None:
+        """Unmap (and unlink) the region; a second call does nothing."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         name = self.region.name
         self.region.close()
         if unlink_region:
