@@ -18,7 +18,7 @@ import pytest
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.control import request
 from marllb.daemon.features import FEATURE_NAMES
-from marllb.daemon.policies.checkpoint import save_checkpoint
+from marllb.daemon.policies.linear import save_linear
 
 from tests.fakedp import FakeDataPlane, unique_name
 
@@ -335,9 +335,7 @@ def test_sighup_bad_config_keeps_old_then_good_applies(tmp_path, dp):
 def _linear_ckpt(path: Path, w0: float = 0.0, mode: str = "sed") -> Path:
     w = np.zeros(len(FEATURE_NAMES), dtype=np.float32)
     w[FEATURE_NAMES.index("static_weight")] = w0
-    return save_checkpoint(path, {"w": w, "b": np.zeros(1, dtype=np.float32)},
-                           {"algorithm": "linear", "feature_names": list(FEATURE_NAMES),
-                            "mode": mode})
+    return Path(save_linear(str(path), w, 0.0, mode))
 
 
 def test_learned_policy_and_bad_checkpoint_fallbacks(tmp_path, dp):
@@ -351,11 +349,11 @@ def test_learned_policy_and_bad_checkpoint_fallbacks(tmp_path, dp):
         wait_for(lambda: dp.weights() == [1.0] * 4, what="linear weights")
         assert lbd.status()["fallback_reason"] is None
         # SIGHUP with a corrupt checkpoint: keeps the old (working) policy
-        good.write_bytes(b"garbage, not a safetensors file")
+        good.write_bytes(b"garbage, not a safetensors file")   # NAME.safetensors
         lbd.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: lbd.status()["reload_failures"] >= 1, what="failed reload")
         st = lbd.status()
-        assert "corrupt" in st["last_reload"]["error"]
+        assert "unreadable tensors" in st["last_reload"]["error"]
         assert st["policy"] == "linear" and st["fallback_reason"] is None
         assert st["state"] == "running"
     finally:
@@ -372,7 +370,7 @@ def test_missing_checkpoint_at_start_falls_back_loudly(tmp_path, dp):
         m = wait_for(lambda: dp.read_in(), what="msg_in")
         assert ffi.string(m.policy_name).decode() == "sed"   # the fallback decided
         st = lbd.status()
-        assert st["state"] == "degraded" and "not found" in st["fallback_reason"]
+        assert st["state"] == "degraded" and "no such file" in st["fallback_reason"]
         assert st["fallback_events"] >= 1
         assert "policy_fallback" in lbd.logs()
     finally:

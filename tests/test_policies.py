@@ -78,3 +78,28 @@ def test_is_finite_output():
     assert not is_finite_output([1.0, math.nan], 2)
     assert not is_finite_output([1.0], 2)
     assert not is_finite_output(None, 2)
+
+
+def test_linear_policy_checkpoint(tmp_path):
+    import json
+
+    from marllb.daemon.features import FEATURE_NAMES
+    from marllb.daemon.policies.linear import save_linear
+
+    w = np.zeros(len(FEATURE_NAMES))
+    w[FEATURE_NAMES.index("static_weight")] = 1.0
+    path = save_linear(str(tmp_path / "lin"), w, b=0.0, mode="wrandom")
+    p = make_policy("linear", checkpoint=path)
+    assert p.mode == lib.MLB_MODE_WRANDOM
+    np.testing.assert_allclose(p.act(feats((0.0, 1.0, 2.0))), np.exp([0.0, 1.0, 2.0]), rtol=1e-6)
+    # a feature set that does not match is refused with a clear reason
+    meta_path = tmp_path / "lin.json"
+    meta = json.loads(meta_path.read_text())
+    meta["features"]["names"] = ["active"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="trained on features"):
+        make_policy("linear", checkpoint=path)
+    with pytest.raises(PolicyError, match="no such file"):
+        make_policy("linear", checkpoint=str(tmp_path / "missing"))
+    with pytest.raises(PolicyError, match="no checkpoint"):
+        make_policy("linear")

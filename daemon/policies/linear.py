@@ -1,10 +1,12 @@
 """``linear``: the smallest learned policy, weight = exp(clip(norm(obs) . w + b)).
 
 Exists to exercise the learned-policy path end to end (checkpoint loading,
-feature-spec check, fallback) with no framework; trainers may also fit it.
-Checkpoint tensors: ``w`` (F,), ``b`` (1,), optional ``mean``/``std`` (F,)
-normalisation; metadata ``algorithm="linear"``, ``feature_names`` (must equal
-this build's FEATURE_NAMES), optional ``mode`` ("sed", "wrandom", ...).
+feature-set check, fallback) without training a network; a trainer may fit it
+too.  The checkpoint uses the project's one format (``marllb.daemon.checkpoint``:
+``NAME.safetensors`` tensors + ``NAME.json`` metadata, never a pickle).
+Tensors: ``w`` (F,), ``b`` (1,), optional ``mean``/``std`` (F,).  Metadata:
+``format`` 1, ``algorithm`` "linear", ``features.names`` (must equal this
+build's FEATURE_NAMES), optional ``mode`` ("sed", "wrandom", ...).
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from marllb.daemon import checkpoint as ckpt
 from marllb.daemon.features import FEATURE_NAMES, observation_matrix
 from marllb.daemon.policies.base import MODE_NAMES, Policy, PolicyError, register_policy
-from marllb.daemon.policies.checkpoint import load_checkpoint
 
 _MODES = {v: k for k, v in MODE_NAMES.items()}
+
+
+def save_linear(path: str, w: np.ndarray, b: float = 0.0, mode: str = "sed") -> str:
+    """Write a linear-policy checkpoint (tests, simple fits)."""
+    meta = {"format": ckpt.FORMAT, "algorithm": "linear", "mode": mode,
+            "features": {"names": list(FEATURE_NAMES)}}
+    return str(ckpt.save(path, {"w": np.asarray(w, dtype=np.float32),
+                                "b": np.array([b], dtype=np.float32)}, meta))
 
 
 @register_policy("linear")
@@ -25,10 +35,20 @@ class LinearPolicy(Policy):
 
     def __init__(self, checkpoint: str | None = None, **kwargs: Any) -> None:
         super().__init__(checkpoint=checkpoint, **kwargs)
-        tensors, meta = load_checkpoint(checkpoint, "linear")
-        names = meta.get("feature_names")
+        if not checkpoint:
+            raise PolicyError("linear: no checkpoint configured")
+        try:
+            tensors, meta = ckpt.load(checkpoint)
+        except ckpt.CheckpointError as e:
+            raise PolicyError(f"linear: {e}") from None
+        where = checkpoint
+        if meta.get("format") != ckpt.FORMAT or meta.get("algorithm") != "linear":
+            raise PolicyError(f"linear: checkpoint {where} is format {meta.get('format')!r} "
+                              f"algorithm {meta.get('algorithm')!r}, expected "
+                              f"{ckpt.FORMAT} 'linear'")
+        names = (meta.get("features") or {}).get("names")
         if list(names or []) != list(FEATURE_NAMES):
-            raise PolicyError(f"linear: checkpoint {checkpoint} was trained on features "
+            raise PolicyError(f"linear: checkpoint {where} was trained on features "
                               f"{names}, this build has {list(FEATURE_NAMES)}")
         nf = len(FEATURE_NAMES)
         try:
@@ -36,13 +56,15 @@ class LinearPolicy(Policy):
             self.b = float(tensors["b"].reshape(-1)[0])
             self.mean = tensors.get("mean", np.zeros(nf)).astype(np.float64).reshape(nf)
             self.std = tensors.get("std", np.ones(nf)).astype(np.float64).reshape(nf)
-        except (KeyError, ValueError) as e:
-            raise PolicyError(f"linear: checkpoint {checkpoint}: bad tensor shapes: {e}") \
-                from None
+        except (KeyError, ValueError, IndexError) as e:
+            raise PolicyError(f"linear: checkpoint {where}: bad tensors: {e}") from None
+        arrays = (self.w, self.mean, self.std, np.array([self.b]))
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            raise PolicyError(f"linear: checkpoint {where}: non-finite tensors")
         self.std = np.where(self.std > 0, self.std, 1.0)
         mode = meta.get("mode", "sed")
         if mode not in _MODES:
-            raise PolicyError(f"linear: checkpoint {checkpoint}: unknown mode {mode!r}")
+            raise PolicyError(f"linear: checkpoint {where}: unknown mode {mode!r}")
         self.mode = _MODES[mode]  # type: ignore[misc]
         self.meta = meta
 
