@@ -85,6 +85,12 @@ def _finite(x: np.ndarray, hi: float, lo: float = 0.0) -> np.ndarray:
     return np.clip(out, lo, hi, out=out)
 
 
+def _n_bad(x: np.ndarray, hi: float, lo: float = 0.0) -> int:
+    """How many values ``_finite`` would change (NaN, inf, outside [lo, hi])."""
+    with np.errstate(invalid="ignore"):
+        return int(np.count_nonzero(~((x >= lo) & (x <= hi))))
+
+
 @dataclass
 class Features:
     """Sanitised per-server features over the n active servers of one frame."""
@@ -102,6 +108,7 @@ class Features:
     t_ns: int = 0                  # data-plane time of the frame
     frame_no: int = 0
     dp_gen: int = 0
+    sanitized: int = 0             # values of this frame that were garbage and replaced
     meta: dict[str, int] = field(default_factory=dict)  # a few frame counters
 
     @property
@@ -129,12 +136,12 @@ class Features:
         )
 
 
-def _stats_block(st: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) STATS_DTYPE -> ((n,5) finite seconds, (n,) counts); empty -> 0."""
+def _stats_block(st: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(n,) STATS_DTYPE -> ((n,5) finite seconds, (n,) counts, garbage count); empty -> 0."""
     cols = np.stack([st[s] for s in STAT_NAMES], axis=1)
     count = st["count"].astype(np.int64)
     cols[count == 0] = 0.0
-    return _finite(cols, MAX_SECONDS), count
+    return _finite(cols, MAX_SECONDS), count, _n_bad(cols, MAX_SECONDS)
 
 
 class FeatureExtractor:
@@ -160,8 +167,8 @@ class FeatureExtractor:
     def update(self, view: Any) -> Features:
         """Features of one ``mlb_out_view_t *`` (copied out; the view may be reused)."""
         meta = view.meta
-        n = int(meta.n_servers)
-        n = min(max(n, 0), MAX_SERVERS)
+        n_raw = int(meta.n_servers)
+        n = min(max(n_raw, 0), MAX_SERVERS)
         t_ns = int(meta.t_ns)
         frame_no = int(meta.frame_no)
         dp_gen = int(meta.dp_gen)
@@ -170,11 +177,18 @@ class FeatureExtractor:
         merged = ffi.cast("mlb_reservoir_t *", view.merged)
         lib.mlb_reservoir_stats_many(merged, 2 * n, t_ns, self.decay_per_s, self._stats)
         st = self._stats_np[: 2 * n].reshape(n, 2)
-        fct, fct_count = _stats_block(st[:, lib.MLB_RES_FCT])
-        age, age_count = _stats_block(st[:, lib.MLB_RES_AGE])
+        fct, fct_count, bad_fct = _stats_block(st[:, lib.MLB_RES_FCT])
+        age, age_count, bad_age = _stats_block(st[:, lib.MLB_RES_AGE])
 
         admin = srv["admin_state"].copy()
-        admin[admin > lib.MLB_ADMIN_DOWN] = lib.MLB_ADMIN_DOWN
+        bad_admin = admin > lib.MLB_ADMIN_DOWN
+        admin[bad_admin] = lib.MLB_ADMIN_DOWN
+        sw, w, act = srv["static_weight"], srv["weight"], srv["active_flows"]
+        sanitized = (
+            bad_fct + bad_age + int(np.count_nonzero(bad_admin)) + int(n_raw != n)
+            + _n_bad(sw, MAX_WEIGHT) + _n_bad(w, MAX_WEIGHT)
+            + int(np.count_nonzero(act > MAX_COUNT))
+        )
         ids = srv["id"].copy()
         new_flows = srv["new_flows"].astype(np.float64)
 
@@ -190,9 +204,9 @@ class FeatureExtractor:
         return Features(
             server_id=ids,
             admin_state=admin,
-            static_weight=_finite(srv["static_weight"], MAX_WEIGHT),
-            weight=_finite(srv["weight"], MAX_WEIGHT),
-            active=_finite(srv["active_flows"], MAX_COUNT),
+            static_weight=_finite(sw, MAX_WEIGHT),
+            weight=_finite(w, MAX_WEIGHT),
+            active=_finite(act, MAX_COUNT),
             new_flow_rate=rate,
             fct=fct,
             fct_count=fct_count,
@@ -201,6 +215,7 @@ class FeatureExtractor:
             t_ns=t_ns,
             frame_no=frame_no,
             dp_gen=dp_gen,
+            sanitized=sanitized,
             meta={
                 "active_mode": int(meta.active_mode),
                 "weights_source": int(meta.weights_source),

@@ -60,6 +60,8 @@ class Daemon:
         self.overruns = 0
         self.frames_seen = 0
         self.fallback_ticks = 0
+        self.sanitized_frames = 0
+        self.sanitized_values = 0
         self.fallback_events = 0
         self.reloads = 0
         self.reload_failures = 0
@@ -313,6 +315,9 @@ class Daemon:
             self._send_status()
             return
         self.ticks += 1
+        if rec.features.sanitized:
+            self.sanitized_frames += 1
+            self.sanitized_values += rec.features.sanitized
         self.times.record(self.pipeline.last_durations, start_ns, jitter_ns)
         self.last = rec
         if rec.published:

@@ -44,6 +44,7 @@ class LbdCollector:
             ("reloads", "reloads", "successful reloads"),
             ("reload_failures", "reload_failures", "rejected reloads (old config kept)"),
             ("snapshot_busy", "snapshot_busy", "ticks with no consistent snapshot"),
+            ("sanitized_frames", "sanitized_frames", "ticks whose frame had garbage values"),
         ):
             yield CounterMetricFamily(p + name, doc, value=st[key])
         fb = GaugeMetricFamily(p + "fallback_active", "1 while the fallback heuristic decides",

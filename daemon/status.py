@@ -68,6 +68,8 @@ def build_status(d: Any) -> dict[str, Any]:
         "publishes": d.pipeline.publisher.publishes,
         "msg_seq": d.pipeline.publisher.msg_seq,
         "snapshot_busy": d.pipeline.snapshot_busy,
+        "sanitized_frames": d.sanitized_frames,
+        "sanitized_values": d.sanitized_values,
         "attaches": d.attacher.attaches,
         "reattaches": d.attacher.reattaches,
         "tick_ms": cfg.tick_ms,

@@ -284,6 +284,7 @@ def test_garbage_statistics_give_sane_weights(running):
     assert all(0.1 <= x <= 10.0 for x in w), w   # up servers: within [w_min, w_max]
     st = lbd.status()
     assert lbd.proc.poll() is None
+    assert st["sanitized_frames"] > 0 and st["sanitized_values"] > 0
     for s in st["servers"]:
         for k in ("weight", "active_flows", "new_flows_per_s", "fct_mean_ms", "fct_p90_ms"):
             assert math.isfinite(s[k]) and s[k] >= 0, (k, s)

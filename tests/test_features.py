@@ -80,6 +80,13 @@ def test_garbage_is_sanitised(dp):
     assert np.all(f.fct <= 1e6)
     assert f.admin_state[3] == lib.MLB_ADMIN_DOWN  # unknown admin state -> down
     assert np.all(np.isfinite(observation_matrix(f)))
+    assert f.sanitized > 0
+
+
+def test_clean_frame_counts_no_garbage(dp):
+    fx = FeatureExtractor()
+    dp.publish(active=[1, 2, 3, 4], static_weight=[1, 2, 3, 4], fct={0: [0.1, 0.2]})
+    assert fx.update(_view(dp)).sanitized == 0
 
 
 def test_garbage_server_count(dp):
