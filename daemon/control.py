@@ -82,7 +82,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread.start()
 
     def stop(self) -> None:
-        self.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever to return
+            self.shutdown()
+            self._thread.join(5)
         self.server_close()
         try:
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):
