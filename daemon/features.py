@@ -81,8 +81,9 @@ for _name in STATS_DTYPE.names:
 
 def _finite(x: np.ndarray, hi: float, lo: float = 0.0) -> np.ndarray:
     """float64 copy with NaN -> lo, +inf -> hi, -inf -> lo, clipped to [lo, hi]."""
-    out = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=lo, posinf=hi, neginf=lo)
-    return np.clip(out, lo, hi, out=out)
+    out = np.clip(np.asarray(x, dtype=np.float64), lo, hi)   # a copy; NaN stays NaN
+    out[np.isnan(out)] = lo
+    return out
 
 
 def _n_bad(x: np.ndarray, hi: float, lo: float = 0.0) -> int:
@@ -136,12 +137,9 @@ class Features:
         )
 
 
-def _stats_block(st: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(n,) STATS_DTYPE -> ((n,5) finite seconds, (n,) counts, garbage count); empty -> 0."""
-    cols = np.stack([st[s] for s in STAT_NAMES], axis=1)
-    count = st["count"].astype(np.int64)
-    cols[count == 0] = 0.0
-    return _finite(cols, MAX_SECONDS), count, _n_bad(cols, MAX_SECONDS)
+# mlb_stats_t as 6 doubles: mean, std, p90, dmean, dp90, (count, pad); reorder
+# the first five to STAT_NAMES (mean, p90, std, dmean, dp90)
+_STAT_COLS = np.array([0, 2, 1, 3, 4])
 
 
 class FeatureExtractor:
@@ -152,7 +150,9 @@ class FeatureExtractor:
             raise ValueError(f"decay_per_s must be in (0, 1], got {decay_per_s}")
         self.decay_per_s = float(decay_per_s)
         self._stats = ffi.new("mlb_stats_t[]", 2 * MAX_SERVERS)
-        self._stats_np = np.frombuffer(ffi.buffer(self._stats), dtype=STATS_DTYPE)
+        buf = ffi.buffer(self._stats)
+        self._stats_f64 = np.frombuffer(buf, dtype=np.float64).reshape(2 * MAX_SERVERS, 6)
+        self._stats_cnt = np.frombuffer(buf, dtype=np.uint32).reshape(2 * MAX_SERVERS, 12)[:, 10]
         self.reset()
 
     def reset(self) -> None:
@@ -176,16 +176,21 @@ class FeatureExtractor:
         srv = np.frombuffer(ffi.buffer(view.servers), dtype=SERVER_DTYPE, count=n).copy()
         merged = ffi.cast("mlb_reservoir_t *", view.merged)
         lib.mlb_reservoir_stats_many(merged, 2 * n, t_ns, self.decay_per_s, self._stats)
-        st = self._stats_np[: 2 * n].reshape(n, 2)
-        fct, fct_count, bad_fct = _stats_block(st[:, lib.MLB_RES_FCT])
-        age, age_count, bad_age = _stats_block(st[:, lib.MLB_RES_AGE])
+        vals = self._stats_f64[: 2 * n, _STAT_COLS]        # (2n, 5) copy, FCT/AGE interleaved
+        counts = self._stats_cnt[: 2 * n].astype(np.int64)
+        vals[counts == 0] = 0.0                             # empty reservoir: NaN -> 0, count 0
+        bad_stats = _n_bad(vals, MAX_SECONDS)
+        vals = _finite(vals, MAX_SECONDS).reshape(n, 2, 5)
+        counts = counts.reshape(n, 2)
+        fct, age = vals[:, lib.MLB_RES_FCT], vals[:, lib.MLB_RES_AGE]
+        fct_count, age_count = counts[:, lib.MLB_RES_FCT], counts[:, lib.MLB_RES_AGE]
 
         admin = srv["admin_state"].copy()
         bad_admin = admin > lib.MLB_ADMIN_DOWN
         admin[bad_admin] = lib.MLB_ADMIN_DOWN
         sw, w, act = srv["static_weight"], srv["weight"], srv["active_flows"]
         sanitized = (
-            bad_fct + bad_age + int(np.count_nonzero(bad_admin)) + int(n_raw != n)
+            bad_stats + int(np.count_nonzero(bad_admin)) + int(n_raw != n)
             + _n_bad(sw, MAX_WEIGHT) + _n_bad(w, MAX_WEIGHT)
             + int(np.count_nonzero(act > MAX_COUNT))
         )

@@ -29,12 +29,11 @@ def sanitize(weights: Any, features: Any, w_min: float, w_max: float) -> np.ndar
         w = np.full(n, np.nan)
     up = np.asarray(features.admin_state) == lib.MLB_ADMIN_UP
 
-    static = np.nan_to_num(
-        np.asarray(features.static_weight, dtype=np.float64), nan=1.0, posinf=w_max, neginf=w_min
-    )
-    static = np.clip(static, w_min, w_max)
     bad = ~np.isfinite(w)
-    w[bad] = np.where(up[bad], static[bad], 0.0)
+    if bad.any():
+        static = np.clip(np.asarray(features.static_weight, dtype=np.float64), w_min, w_max)
+        static[np.isnan(static)] = min(max(1.0, w_min), w_max)
+        w[bad] = np.where(up[bad], static[bad], 0.0)
     out = np.where(up, np.clip(w, w_min, w_max), np.clip(w, 0.0, w_max))
     if not np.any(out > 0.0):
         out[:] = w_min

@@ -1,0 +1,157 @@
+"""Group `daemon`: the lbd tick (issue 5).
+
+- ``tick_p50_us_64`` / ``tick_p99_us_64``: one whole tick
+  (``TickPipeline.run_once``: snapshot + per-server merge of 4 workers'
+  reservoirs in C, features, the ``sed`` policy, sanitize, msg_in publish) on a
+  64-server, 4-worker shm region whose reservoirs are all full (K samples);
+  percentiles over TICKS ticks, median of REPEATS runs.
+- ``tick_p99_us_256``: the same at 256 servers.
+- ``tick_jitter_p99_us``: a real ``lbd`` process at its default 250 ms tick
+  against a fake data plane: p99 of (tick start - deadline), from its status;
+  median of JITTER_RUNS runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from marllb.daemon._core import ffi, lib  # noqa: E402
+from marllb.daemon.features import SERVER_DTYPE  # noqa: E402
+
+from tests.fakedp import FakeDataPlane, unique_name  # noqa: E402
+
+GROUP = "daemon"
+REPEATS = 5
+TICKS = 2000
+FRAMES = 8
+JITTER_RUNS = 3
+JITTER_TICKS = 48
+
+K = lib.MLB_RESERVOIR_K
+RES_DTYPE = np.dtype([("n_seen", "<u8"), ("count", "<u4"), ("_pad", "<u4"),
+                      ("s", [("t_ns", "<u8"), ("value", "<f8")], (K,))])
+assert RES_DTYPE.itemsize == ffi.sizeof("mlb_reservoir_t")
+
+
+def publish_full(dp: FakeDataPlane, rng: np.random.Generator, t_ns: int, k: int) -> None:
+    """A frame with every reservoir of every active worker full (numpy, fast)."""
+    n, nw = dp.n_servers, dp.n_workers
+    with dp.region.write_out() as f:
+        dp.frame_no += 1
+        m = f.meta
+        m.frame_no, m.t_ns, m.dp_gen = dp.frame_no, t_ns, dp.generation
+        m.n_servers, m.n_workers, m.active_mode = n, nw, lib.MLB_MODE_SED
+        srv = np.frombuffer(ffi.buffer(f.servers), dtype=SERVER_DTYPE)[:n]
+        srv["id"] = np.arange(n)
+        srv["admin_state"] = 0
+        srv["static_weight"] = np.where(np.arange(n) % 2, 2.0, 4.0)
+        srv["weight"] = srv["static_weight"]
+        srv["new_flows"] = (k + 1) * np.arange(1, n + 1) * 10
+        srv["active_flows"] = rng.integers(0, 50, n)
+        res = np.frombuffer(ffi.buffer(f.res), dtype=RES_DTYPE).reshape(
+            lib.MLB_MAX_WORKERS, lib.MLB_MAX_SERVERS, lib.MLB_RES_KINDS)
+        live = res[:nw, :n]
+        live["n_seen"] = 10 * K
+        live["count"] = K
+        live["s"]["t_ns"] = t_ns - rng.integers(0, 5 * 10**9, (nw, n, 2, K), dtype=np.uint64)
+        live["s"]["value"] = rng.exponential(0.3, (nw, n, 2, K))
+
+
+def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float]:
+    from marllb.daemon.tick import PolicySlot, TickPipeline
+
+    rng = np.random.default_rng(n_servers)
+    dp = FakeDataPlane.create(unique_name("bd"), n_servers=n_servers, n_workers=n_workers)
+    try:
+        pipe = TickPipeline(PolicySlot("sed", None, "sed"), daemon_gen=1)
+        t = 10**10
+        samples = np.empty(TICKS)
+        for i in range(TICKS):
+            if i % (TICKS // FRAMES) == 0:
+                t += 250_000_000
+                publish_full(dp, rng, t, i)
+            t0 = time.perf_counter_ns()
+            rec = pipe.run_once(dp.region, w_min=0.1, w_max=10.0, ttl_ns=10**9)
+            samples[i] = (time.perf_counter_ns() - t0) / 1e3
+            assert rec is not None and rec.published
+        warm = samples[TICKS // 10:]
+        return float(np.percentile(warm, 50)), float(np.percentile(warm, 99))
+    finally:
+        dp.close()
+
+
+def jitter_p99_us() -> float:
+    from marllb.daemon.control import request
+
+    dp = FakeDataPlane.create(unique_name("bj"), n_servers=64, n_workers=4)
+    rng = np.random.default_rng(1)
+    stop = threading.Event()
+
+    def publisher() -> None:
+        k = 0
+        while not stop.is_set():
+            publish_full(dp, rng, dp.now_ns(), k)
+            k += 1
+            stop.wait(0.05)
+
+    th = threading.Thread(target=publisher, daemon=True)
+    th.start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lbd-"))
+    sock = str(tmp / "lbd.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marllb.daemon.lbd", "--region", dp.name, "--socket", sock,
+         "--tick-ms", "250", "--metrics", "", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30 + JITTER_TICKS * 0.3
+        st: dict = {}
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if not os.path.exists(sock):
+                continue
+            st = request(sock, {"cmd": "status"})["result"]
+            if st["ticks"] >= JITTER_TICKS:
+                break
+        return float(st["jitter"]["p99_us"]) if st else float("nan")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        stop.set()
+        th.join(5)
+        dp.close()
+
+
+def run(progress) -> dict[str, float]:  # noqa: ANN001
+    out: dict[str, float] = {}
+    for n in (64, 256):
+        p50s, p99s = [], []
+        for r in range(REPEATS):
+            p50, p99 = tick_percentiles(n)
+            p50s.append(p50)
+            p99s.append(p99)
+            progress(f"{n} servers x 4 workers, run {r + 1}/{REPEATS}: "
+                     f"p50 {p50:.0f} us, p99 {p99:.0f} us")
+        if n == 64:
+            out["tick_p50_us_64"] = statistics.median(p50s)
+            out["tick_p99_us_64"] = statistics.median(p99s)
+        else:
+            out["tick_p50_us_256"] = statistics.median(p50s)
+            out["tick_p99_us_256"] = statistics.median(p99s)
+    js = []
+    for r in range(JITTER_RUNS):
+        js.append(jitter_p99_us())
+        progress(f"lbd at 250 ms, run {r + 1}/{JITTER_RUNS}: jitter p99 {js[-1]:.0f} us")
+    out["tick_jitter_p99_us"] = statistics.median(js)
+    return out
