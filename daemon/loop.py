@@ -156,7 +156,8 @@ class Daemon:
             try:
                 result = self._reload()
             finally:
-                self.notifier.ready()
+                if self.ready_sent:  # READY only ever after the first good tick
+                    self.notifier.ready()
             result["source"] = source
             result["mono_ns"] = time.monotonic_ns()
             self.last_reload = result

@@ -42,6 +42,7 @@ class PolicySlot:
         self.policy: Policy | None = None
         self.load_error: str | None = None
         self.fallback_reason: str | None = None
+        self.reset_error: str | None = None   # the policy cannot serve this server count
         self.n_servers = -1
         try:
             self.policy = make_policy(name, checkpoint=checkpoint)
@@ -59,15 +60,19 @@ class PolicySlot:
         return slot
 
     def reset(self, n_servers: int) -> None:
+        """New server count or data-plane generation: reset per-agent state.
+
+        A policy that cannot serve ``n_servers`` (e.g. a checkpoint trained
+        for another count) is skipped until the next reset, not dropped."""
         self.n_servers = n_servers
         self.fallback.reset(n_servers)
+        self.reset_error = None
         if self.policy is not None:
             try:
                 self.policy.reset(n_servers)
             except Exception as e:  # noqa: BLE001 - a broken policy must not stop the daemon
-                self.policy = None
-                self.load_error = f"reset({n_servers}) failed: {type(e).__name__}: {e}"
-                self.fallback_reason = f"policy {self.name!r} {self.load_error}"
+                self.reset_error = (f"policy {self.name!r} cannot serve {n_servers} servers: "
+                                    f"{type(e).__name__}: {e}")
 
     def act(self, f: Features) -> tuple[np.ndarray, Policy, str | None]:
         """(raw weights, the policy that produced them, fallback reason or None)."""
@@ -76,6 +81,9 @@ class PolicySlot:
         pol = self.policy
         if pol is None:
             return self.fallback.act(f), self.fallback, self.fallback_reason
+        if self.reset_error is not None:
+            self.fallback_reason = self.reset_error
+            return self.fallback.act(f), self.fallback, self.reset_error
         try:
             w = pol.act(f)
             reason = None if is_finite_output(w, f.n) else \

@@ -103,3 +103,34 @@ def test_linear_policy_checkpoint(tmp_path):
         make_policy("linear", checkpoint=str(tmp_path / "missing"))
     with pytest.raises(PolicyError, match="no checkpoint"):
         make_policy("linear")
+
+
+def test_policy_slot_skips_a_policy_that_cannot_serve_the_count():
+    from marllb.daemon.tick import PolicySlot
+
+    @register_policy("_test_two_only")
+    class TwoOnly(Policy):
+        def reset(self, n_servers):
+            if n_servers != 2:
+                raise ValueError("trained for 2 servers")
+
+        def act(self, features):
+            return np.full(features.n, 7.0)
+
+    try:
+        slot = PolicySlot("_test_two_only", None, "ecmp")
+        w, used, reason = slot.act(feats((1.0, 2.0, 3.0)))
+        assert used.name == "ecmp" and "cannot serve 3 servers" in reason
+        np.testing.assert_array_equal(w, [1, 1, 1])
+        w, used, reason = slot.act(feats((1.0, 2.0)))     # back to a count it serves
+        assert used.name == "_test_two_only" and reason is None
+        np.testing.assert_array_equal(w, [7, 7])
+        # non-finite output: the fallback decides, the reason says why
+        TwoOnly.act = lambda self, f: np.array([np.nan, 1.0])
+        w, used, reason = slot.act(feats((1.0, 2.0)))
+        assert used.name == "ecmp" and "non-finite" in reason
+        TwoOnly.act = lambda self, f: 1 / 0
+        w, used, reason = slot.act(feats((1.0, 2.0)))
+        assert used.name == "ecmp" and "ZeroDivisionError" in reason
+    finally:
+        POLICIES.pop("_test_two_only")
