@@ -12,6 +12,7 @@ threads, and swap policy/config under ``Daemon.lock``.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -31,6 +32,9 @@ from marllb.daemon.tick import PolicySlot, TickPipeline, TickRecord
 from marllb.daemon.timing import StageTimes
 
 STATUS_EVERY_NS = 1_000_000_000
+# wake this much before a deadline and spin the rest: select()'s wake-up
+# latency and timer slack would otherwise show up as tick jitter
+SPIN_NS = 300_000
 
 
 class Daemon:
@@ -108,11 +112,16 @@ class Daemon:
             pass
 
     def _sleep_until(self, deadline_ns: int) -> None:
+        mono = time.monotonic_ns
         while not self.stop_requested and not self.reload_requested:
-            left = deadline_ns - time.monotonic_ns()
+            left = deadline_ns - mono()
             if left <= 0:
                 return
-            r, _, _ = select.select([self._wake_r], [], [], left / 1e9)
+            if left <= SPIN_NS:
+                while mono() < deadline_ns:
+                    pass
+                return
+            r, _, _ = select.select([self._wake_r], [], [], (left - SPIN_NS) / 1e9)
             if r:
                 try:
                     while os.read(self._wake_r, 512):
@@ -236,6 +245,10 @@ class Daemon:
         self.log.info("starting", region=self.cfg.region, policy=self.cfg.policy,
                       tick_ms=self.cfg.tick_ms, pid=os.getpid(),
                       daemon_gen=f"{self.daemon_gen:#x}")
+        # everything allocated so far (imports, torch, config) is long-lived:
+        # keep it out of the collector's way so a collection never stalls a tick
+        gc.collect()
+        gc.freeze()
         start = time.monotonic_ns()
         k = 0
         interval = self.cfg.tick_ns

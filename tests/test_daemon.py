@@ -427,3 +427,29 @@ def test_bad_cli_flag_exits_78():
     r = subprocess.run([sys.executable, "-m", "marllb.daemon.lbd", "--tick-ms", "0"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 78 and "tick_ms" in r.stderr
+
+
+def test_stale_data_plane_stops_publishing(tmp_path, dp):
+    """Frames stop (data plane hung, region still there): degraded, no more publishes."""
+    cfg = _write_cfg(tmp_path / "lbd.toml", stale_after_ms=200)
+    pub = Publisher(dp, static_weight=[1.0, 2.0, 3.0, 4.0])
+    lbd = Lbd(tmp_path, dp.name, config=cfg)
+    try:
+        lbd.wait_ready()
+        pub.stop()
+        st = wait_for(lambda: (s := lbd.status())["state"] == "degraded" and s,
+                      what="degraded on stale frames")
+        assert "stale" in st["reason"]
+        seq = st["msg_seq"]
+        time.sleep(10 * TICK_MS / 1000)
+        assert lbd.status()["msg_seq"] == seq
+        assert dp.weights() == [1.0, 2.0, 3.0, 4.0]      # last weights left alone
+        pub2 = Publisher(dp, static_weight=[1.0, 1.0, 1.0, 1.0])   # frames again
+        try:
+            wait_for(lambda: lbd.status()["state"] == "running", what="running again")
+            wait_for(lambda: dp.weights() == [1.0] * 4, what="publishing again")
+        finally:
+            pub2.stop()
+    finally:
+        pub.stop()
+        lbd.stop()
