@@ -453,3 +453,28 @@ def test_stale_data_plane_stops_publishing(tmp_path, dp):
     finally:
         pub.stop()
         lbd.stop()
+
+
+def test_abi_mismatch_is_refused_and_waited_out(tmp_path):
+    dp = FakeDataPlane.create(unique_name("abi"), n_servers=2)
+    dp.region.ptr.hdr.abi_version = 99          # a data plane from another build
+    lbd = Lbd(tmp_path, dp.name)
+    pub = None
+    try:
+        lbd.wait_socket()
+        st = wait_for(lambda: (s := lbd.status())["reason"] and "ABI version 99" in s["reason"]
+                      and s, what="ABI refusal in status")
+        assert st["state"] == "waiting" and not st["attached"]
+        assert "this build speaks version" in st["reason"]
+        time.sleep(0.3)
+        assert lbd.proc.poll() is None                # waiting, not crash-looping
+        assert dp.read_in() is None
+        dp.region.ptr.hdr.abi_version = lib.MLB_ABI_VERSION   # fixed data plane
+        pub = Publisher(dp, static_weight=[3.0, 1.0])
+        lbd.wait_ready()
+        wait_for(lambda: dp.weights() == [3.0, 1.0], what="weights after the fix")
+    finally:
+        if pub:
+            pub.stop()
+        lbd.stop()
+        dp.close()
