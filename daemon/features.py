@@ -71,6 +71,29 @@ STATS_DTYPE = np.dtype(
         ("_pad", "<u4"),
     ]
 )
+META_DTYPE = np.dtype(
+    [
+        ("frame_no", "<u8"),
+        ("t_ns", "<u8"),
+        ("dp_gen", "<u8"),
+        ("n_servers", "<u4"),
+        ("n_workers", "<u4"),
+        ("active_mode", "<u4"),
+        ("weights_source", "<u4"),
+        ("applied_daemon_gen", "<u8"),
+        ("applied_msg_seq", "<u8"),
+        ("msg_in_accepted", "<u8"),
+        ("msg_in_rej_stale", "<u8"),
+        ("msg_in_rej_gen", "<u8"),
+        ("msg_in_rej_invalid", "<u8"),
+        ("fallbacks", "<u8"),
+        ("untracked_flows", "<u8"),
+    ]
+)
+_META_KEYS = ("active_mode", "weights_source", "msg_in_accepted", "msg_in_rej_stale",
+              "msg_in_rej_gen", "msg_in_rej_invalid", "fallbacks", "untracked_flows")
+for _name in META_DTYPE.names:
+    assert META_DTYPE.fields[_name][1] == ffi.offsetof("mlb_out_meta_t", _name)
 assert SERVER_DTYPE.itemsize == ffi.sizeof("mlb_server_stats_t")
 assert STATS_DTYPE.itemsize == ffi.sizeof("mlb_stats_t")
 for _name in SERVER_DTYPE.names:
@@ -86,10 +109,14 @@ def _finite(x: np.ndarray, hi: float, lo: float = 0.0) -> np.ndarray:
     return out
 
 
-def _n_bad(x: np.ndarray, hi: float, lo: float = 0.0) -> int:
-    """How many values ``_finite`` would change (NaN, inf, outside [lo, hi])."""
-    with np.errstate(invalid="ignore"):
-        return int(np.count_nonzero(~((x >= lo) & (x <= hi))))
+def _finite_counted(x: np.ndarray, hi: float, lo: float = 0.0) -> tuple[np.ndarray, int]:
+    """``_finite(x)`` and how many values it changed (NaN, inf, outside [lo, hi])."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.clip(x, lo, hi)
+    nan = np.isnan(out)
+    n_bad = int(np.count_nonzero(out != x))   # NaN != NaN: counted here
+    out[nan] = lo
+    return out, n_bad
 
 
 @dataclass
@@ -166,12 +193,14 @@ class FeatureExtractor:
 
     def update(self, view: Any) -> Features:
         """Features of one ``mlb_out_view_t *`` (copied out; the view may be reused)."""
-        meta = view.meta
-        n_raw = int(meta.n_servers)
+        meta = np.frombuffer(ffi.buffer(ffi.addressof(view, "meta"), META_DTYPE.itemsize),
+                             dtype=META_DTYPE)[0].item()
+        mi = dict(zip(META_DTYPE.names, meta, strict=True))
+        n_raw = mi["n_servers"]
         n = min(max(n_raw, 0), MAX_SERVERS)
-        t_ns = int(meta.t_ns)
-        frame_no = int(meta.frame_no)
-        dp_gen = int(meta.dp_gen)
+        t_ns = mi["t_ns"]
+        frame_no = mi["frame_no"]
+        dp_gen = mi["dp_gen"]
 
         srv = np.frombuffer(ffi.buffer(view.servers), dtype=SERVER_DTYPE, count=n).copy()
         merged = ffi.cast("mlb_reservoir_t *", view.merged)
@@ -179,8 +208,8 @@ class FeatureExtractor:
         vals = self._stats_f64[: 2 * n, _STAT_COLS]        # (2n, 5) copy, FCT/AGE interleaved
         counts = self._stats_cnt[: 2 * n].astype(np.int64)
         vals[counts == 0] = 0.0                             # empty reservoir: NaN -> 0, count 0
-        bad_stats = _n_bad(vals, MAX_SECONDS)
-        vals = _finite(vals, MAX_SECONDS).reshape(n, 2, 5)
+        vals, bad_stats = _finite_counted(vals, MAX_SECONDS)
+        vals = vals.reshape(n, 2, 5)
         counts = counts.reshape(n, 2)
         fct, age = vals[:, lib.MLB_RES_FCT], vals[:, lib.MLB_RES_AGE]
         fct_count, age_count = counts[:, lib.MLB_RES_FCT], counts[:, lib.MLB_RES_AGE]
@@ -188,11 +217,12 @@ class FeatureExtractor:
         admin = srv["admin_state"].copy()
         bad_admin = admin > lib.MLB_ADMIN_DOWN
         admin[bad_admin] = lib.MLB_ADMIN_DOWN
-        sw, w, act = srv["static_weight"], srv["weight"], srv["active_flows"]
+        sw, bad_sw = _finite_counted(srv["static_weight"], MAX_WEIGHT)
+        w, bad_w = _finite_counted(srv["weight"], MAX_WEIGHT)
+        act, bad_act = _finite_counted(srv["active_flows"], MAX_COUNT)
         sanitized = (
             bad_stats + int(np.count_nonzero(bad_admin)) + int(n_raw != n)
-            + _n_bad(sw, MAX_WEIGHT) + _n_bad(w, MAX_WEIGHT)
-            + int(np.count_nonzero(act > MAX_COUNT))
+            + bad_sw + bad_w + bad_act
         )
         ids = srv["id"].copy()
         new_flows = srv["new_flows"].astype(np.float64)
@@ -209,9 +239,9 @@ class FeatureExtractor:
         return Features(
             server_id=ids,
             admin_state=admin,
-            static_weight=_finite(sw, MAX_WEIGHT),
-            weight=_finite(w, MAX_WEIGHT),
-            active=_finite(act, MAX_COUNT),
+            static_weight=sw,
+            weight=w,
+            active=act,
             new_flow_rate=rate,
             fct=fct,
             fct_count=fct_count,
@@ -221,16 +251,7 @@ class FeatureExtractor:
             frame_no=frame_no,
             dp_gen=dp_gen,
             sanitized=sanitized,
-            meta={
-                "active_mode": int(meta.active_mode),
-                "weights_source": int(meta.weights_source),
-                "msg_in_accepted": int(meta.msg_in_accepted),
-                "msg_in_rej_stale": int(meta.msg_in_rej_stale),
-                "msg_in_rej_gen": int(meta.msg_in_rej_gen),
-                "msg_in_rej_invalid": int(meta.msg_in_rej_invalid),
-                "fallbacks": int(meta.fallbacks),
-                "untracked_flows": int(meta.untracked_flows),
-            },
+            meta={k: mi[k] for k in _META_KEYS},
         )
 
     def _rate(
