@@ -22,7 +22,7 @@ from marllb.daemon._core import ffi, lib
 SPEED = 4.0          # simulated seconds per wall second
 SIM_TICK_MS = 250.0  # the scenario's tick = data-plane publish interval
 
-# 1 LB, 3 servers (2:1:1 cores, correct static weights), load 0.8.
+# 1 LB, 3 servers (2:1:1 cores, correct static weights), load 0.8 by default.
 BASE_SCENARIO = """
 name = "e2e"
 description = "end-to-end tests: 1 LB, 3 servers 2:1:1"
@@ -34,7 +34,7 @@ n_lbs = 1
 [traffic]
 arrivals = "poisson"
 sizes = "exponential"
-target_load = 0.8
+target_load = {load}
 duration_s = {duration}
 [[servers]]
 count = 1
@@ -94,11 +94,12 @@ class NotifySocket:
 
 
 class E2E:
-    def __init__(self, tmp: Path, *, duration: float = 400.0, interference: str = "") -> None:
+    def __init__(self, tmp: Path, *, duration: float = 400.0, interference: str = "",
+                 load: float = 0.8) -> None:
         self.tmp = tmp
         self.region = f"mlbe2e-{os.getpid()}-{int(time.monotonic_ns() % 10**9)}"
         self.scenario = tmp / "e2e.toml"
-        self.scenario.write_text(BASE_SCENARIO.format(duration=duration,
+        self.scenario.write_text(BASE_SCENARIO.format(duration=duration, load=load,
                                                       interference=interference))
         self.sock = tmp / "lbd.sock"
         self.notify = NotifySocket(tmp / "notify.sock")
