@@ -16,13 +16,16 @@ Adding a policy::
         def act(self, features) -> np.ndarray: ...
 
 Any module in this package is imported on the first registry lookup, so a new
-file here is all it takes.  A policy that cannot be built raises PolicyError
+file here is all it takes.  Policies that live outside the package load by
+module name from the environment: ``LBD_POLICY_MODULES=mypkg.policies,other``
+(e.g. ``Environment=`` in a systemd drop-in).  A policy that cannot be built raises PolicyError
 (the daemon then falls back to its configured heuristic, loudly).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from typing import Any, ClassVar
 
@@ -108,6 +111,11 @@ def discover() -> dict[str, type[Policy]]:
                 importlib.import_module(f"{__package__}.{info.name}")
             except Exception as e:  # noqa: BLE001 - reported by make_policy
                 _IMPORT_ERRORS[info.name] = f"{type(e).__name__}: {e}"
+        for mod in filter(None, os.environ.get("LBD_POLICY_MODULES", "").split(",")):
+            try:
+                importlib.import_module(mod.strip())
+            except Exception as e:  # noqa: BLE001 - reported by make_policy
+                _IMPORT_ERRORS[mod.strip()] = f"{type(e).__name__}: {e}"
     return POLICIES
 
 
