@@ -6,6 +6,9 @@
   64-server, 4-worker shm region whose reservoirs are all full (K samples);
   percentiles over TICKS ticks, median of REPEATS runs.
 - ``tick_p99_us_256``: the same at 256 servers.
+- ``tick_stage_p50_us_64_<stage>``: where the 64-server tick goes (snapshot =
+  C latch read + merge; features includes ``c_stats``, the one
+  ``mlb_reservoir_stats_many`` call, also timed alone).
 - ``tick_jitter_p99_us``: a real ``lbd`` process at its default 250 ms tick
   against a fake data plane: p99 of (tick start - deadline), from its status;
   median of JITTER_RUNS runs.
@@ -72,8 +75,10 @@ def publish_full(dp: FakeDataPlane, rng: np.random.Generator, t_ns: int, k: int)
         live["s"]["value"] = rng.exponential(0.3, (nw, n, 2, K))
 
 
-def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float]:
+def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float, dict]:
+    """(p50, p99 of the whole tick, {stage: p50}) in us, incl. the C stats call alone."""
     from marllb.daemon.tick import PolicySlot, TickPipeline
+    from marllb.daemon.timing import STAGES
 
     rng = np.random.default_rng(n_servers)
     dp = FakeDataPlane.create(unique_name("bd"), n_servers=n_servers, n_workers=n_workers)
@@ -81,6 +86,9 @@ def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float]:
         pipe = TickPipeline(PolicySlot("sed", None, "sed"), daemon_gen=1)
         t = 10**10
         samples = np.empty(TICKS)
+        stages = np.empty((TICKS, len(STAGES)))
+        stats = ffi.new("mlb_stats_t[]", 2 * n_servers)
+        c_stats = np.empty(TICKS)
         for i in range(TICKS):
             if i % (TICKS // FRAMES) == 0:
                 t += 250_000_000
@@ -89,8 +97,16 @@ def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float]:
             rec = pipe.run_once(dp.region, w_min=0.1, w_max=10.0, ttl_ns=10**9)
             samples[i] = (time.perf_counter_ns() - t0) / 1e3
             assert rec is not None and rec.published
-        warm = samples[TICKS // 10:]
-        return float(np.percentile(warm, 50)), float(np.percentile(warm, 99))
+            stages[i] = np.asarray(pipe.last_durations) / 1e3
+            t0 = time.perf_counter_ns()
+            lib.mlb_reservoir_stats_many(ffi.cast("mlb_reservoir_t *", pipe.view.merged),
+                                         2 * n_servers, t, 0.9, stats)
+            c_stats[i] = (time.perf_counter_ns() - t0) / 1e3
+        w0 = TICKS // 10
+        warm = samples[w0:]
+        med = dict(zip(STAGES, np.median(stages[w0:], axis=0).tolist(), strict=True))
+        med["c_stats"] = float(np.median(c_stats[w0:]))
+        return float(np.percentile(warm, 50)), float(np.percentile(warm, 99)), med
     finally:
         dp.close()
 
@@ -159,13 +175,18 @@ def baseline_jitter_p99_us(ticks: int = JITTER_TICKS, interval_ns: int = 250_000
 def run(progress) -> dict[str, float]:  # noqa: ANN001
     out: dict[str, float] = {}
     for n in (64, 256):
-        p50s, p99s = [], []
+        p50s, p99s, meds = [], [], []
         for r in range(REPEATS):
-            p50, p99 = tick_percentiles(n)
+            p50, p99, med = tick_percentiles(n)
             p50s.append(p50)
             p99s.append(p99)
+            meds.append(med)
             progress(f"{n} servers x 4 workers, run {r + 1}/{REPEATS}: "
-                     f"p50 {p50:.0f} us, p99 {p99:.0f} us")
+                     f"p50 {p50:.0f} us, p99 {p99:.0f} us; stage p50s "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
+        if n == 64:  # where the time goes (C snapshot+merge, C stats inside features)
+            for k in meds[0]:
+                out[f"tick_stage_p50_us_64_{k}"] = statistics.median(m[k] for m in meds)
         if n == 64:
             out["tick_p50_us_64"] = statistics.median(p50s)
             out["tick_p99_us_64"] = statistics.median(p99s)
