@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lbd: {e}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
-        print(cfg.model_dump_json(indent=2))
+        try:
+            print(cfg.model_dump_json(indent=2))
+        except BrokenPipeError:
+            pass
         return 0
 
     from marllb.daemon.control import ControlServer

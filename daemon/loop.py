@@ -161,7 +161,8 @@ class Daemon:
 
         A bad config or a policy that fails to load keeps the old ones."""
         with self.reload_lock:
-            self.notifier.reloading()
+            if self.ready_sent:  # before READY, systemd is still waiting for start-up
+                self.notifier.reloading()
             try:
                 result = self._reload()
             finally:
