@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon.features import FEATURE_NAMES
 from marllb.daemon.nets import FEATURE_SPEC, PARAM_SHAPES, input_dim
 

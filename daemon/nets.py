@@ -26,6 +26,7 @@ and needs no torch import in the daemon.
 from __future__ import annotations
 
 import numpy as np
+
 from marllb.daemon.features import FEATURE_NAMES
 
 LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)

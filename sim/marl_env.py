@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.features import FEATURE_NAMES, FeatureExtractor, observation_matrix
 from marllb.daemon.nets import LEVELS, NOOP_LEVEL, agent_inputs, compress, input_dim

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from marllb.daemon.nets import NumpyAgent
 from marllb.sim.marl_env import Episode
-from torch import nn
 
 
 @dataclass

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from marllb.daemon.nets import NumpyAgent
 from marllb.sim.qmix import Agent, Replay, nstep_targets
-from torch import nn
 
 __all__ = ["Replay", "SacConfig", "SacGru"]
 

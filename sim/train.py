@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon import checkpoint as ckpt
 from marllb.daemon._core import lib
 from marllb.daemon.features import FEATURE_NAMES
@@ -95,8 +96,9 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
           eps_start: float = 1.0) -> dict[str, Any]:
     """Train for ``minutes`` of wall clock (or exactly ``episodes`` episodes,
     which makes a seeded run repeatable); returns the summary written to eval.json."""
-    from marllb.sim.qmix import Replay
     from tqdm import tqdm
+
+    from marllb.sim.qmix import Replay
 
     scs = _scenarios(scenario, duration)
     out.mkdir(parents=True, exist_ok=True)

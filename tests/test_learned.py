@@ -83,6 +83,7 @@ def test_trainer_and_daemon_agree(trained: Path) -> None:
     """Same observation sequence -> same actions in the trainer's torch agent
     and in the daemon's numpy policy."""
     import torch
+
     from marllb.sim.qmix import Agent
 
     tensors, meta = ckpt.load(trained)

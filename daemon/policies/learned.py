@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+
 from marllb.daemon import checkpoint as ckpt
 from marllb.daemon._core import lib
 from marllb.daemon.features import observation_matrix

@@ -22,7 +22,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from marllb.daemon import checkpoint as ckpt  # noqa: E402
 from marllb.daemon._core import lib  # noqa: E402
-
 from tests.fakedp import FakeDataPlane, unique_name  # noqa: E402
 
 GROUP = "policy"
