@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon._core import ffi, lib
 
 MAX_SERVERS: int = lib.MLB_MAX_SERVERS

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon.attach import Attacher, Backoff
 from marllb.daemon.config import Config, ConfigError, load_config
 from marllb.daemon.features import Features

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from marllb.daemon.status import build_status
 from prometheus_client import start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -14,6 +13,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.registry import CollectorRegistry
+
+from marllb.daemon.status import build_status
 
 STATES = ("running", "waiting", "degraded")
 

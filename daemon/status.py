@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon._core import lib
 from marllb.daemon.policies import MODE_NAMES
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.features import FeatureExtractor, Features
 from marllb.daemon.policies import Policy, PolicyError, make_policy

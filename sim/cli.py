@@ -56,9 +56,10 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from marllb.sim.cluster import scenario_trace
     from marllb.sim.evaluate import evaluate, known_policies, write_report
-    from tqdm import tqdm
 
     sc, trace = _load(args)
     from marllb.daemon.policies import PolicyError

@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from marllb.sim.lb import FIN, RST, SYN, SimDaemon, SimLB
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from marllb.sim.cluster import ORACLE, Cluster, SimResult, scenario_trace
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace

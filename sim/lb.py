@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon._core import ffi, lib
 
 SYN = 1

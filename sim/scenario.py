@@ -11,8 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from marllb.sim.traces import DEFAULT_SPEED, MEAN_JOB_ITERATIONS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from marllb.sim.traces import DEFAULT_SPEED, MEAN_JOB_ITERATIONS
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "scenarios"
 

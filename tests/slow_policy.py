@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon.policies.base import Policy, register_policy
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.control import request
 from marllb.daemon.features import FEATURE_NAMES
 from marllb.daemon.policies.linear import save_linear
-
 from tests.fakedp import FakeDataPlane, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from marllb.daemon._core import ffi, lib
 from scipy import stats as sps
+
+from marllb.daemon._core import ffi, lib
 
 SEC = 1_000_000_000
 FIN = lib.MLB_PKT_FIN

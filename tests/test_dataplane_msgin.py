@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from marllb.daemon._core import ffi, lib
 
 SEC = 1_000_000_000

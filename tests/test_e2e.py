@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from marllb.daemon._core import lib
 from marllb.daemon.lbctl import main as lbctl_main
-
 from tests.e2e import E2E, SPEED, SRC_DAEMON, SRC_STATIC, wait_for
 
 pytestmark = pytest.mark.timeout(120)

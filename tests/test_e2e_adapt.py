@@ -1,9 +1,10 @@
 """End to end: the shipped learned policy adapts to a capacity drop.
 
 Server 0 (2 cores, static weight 2) loses half its capacity 20 simulated
-seconds in (offered load 0.6 of the original capacity, 0.8 after the drop); the real lbd running the shipped qmix checkpoint must lower its
-weight relative to the others within a bounded number of ticks, and the
-run's JCT must stay better than ECMP's on the same scenario."""
+seconds in (offered load 0.6 of the original capacity, 0.8 after the drop).
+The real lbd running the shipped qmix checkpoint must lower its weight
+relative to the others within a bounded number of ticks, and the run's JCT
+must stay better than ECMP's on the same scenario."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e import SPEED, SRC_DAEMON, E2E, wait_for
+from tests.e2e import E2E, SPEED, SRC_DAEMON, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from marllb.daemon._core import ffi
 from marllb.daemon.shm import Region
-
 from tests.e2e import E2E, SRC_DAEMON, wait_for
 
 pytestmark = pytest.mark.timeout(120)

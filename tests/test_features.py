@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.features import FEATURE_NAMES, FeatureExtractor, observation_matrix
-
 from tests.fakedp import FakeDataPlane, unique_name
 
 

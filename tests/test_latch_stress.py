@@ -12,7 +12,7 @@ import os
 import pytest
 
 from marllb.daemon import shm
-from marllb.daemon._core import ffi, lib
+from marllb.daemon._core import ffi
 from tests.cmod import build
 
 CDEF = """
@@ -78,7 +78,8 @@ static int out_ok(const mlb_msg_out_t *d)
     if (d->meta.t_ns != p || d->meta.untracked_flows != p || d->meta.n_servers != NS) return 0;
     for (int s = 0; s < NS; s++) {
         const mlb_server_stats_t *st = &d->servers[s];
-        if (st->new_flows != p || st->active_flows != p || st->bytes != p || st->weight != (double)p)
+        if (st->new_flows != p || st->active_flows != p || st->bytes != p
+            || st->weight != (double)p)
             return 0;
         for (int w = 0; w < NW; w++)
             for (int k = 0; k < MLB_RES_KINDS; k++)

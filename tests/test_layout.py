@@ -51,7 +51,7 @@ def test_c_and_python_agree_on_every_size_and_offset(tmp_path: Path) -> None:
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
     c_values = [int(x) for x in out]
     assert len(c_values) == len(rows)
-    mismatches = [(s, f, py, c) for (s, f, py), c in zip(rows, c_values) if py != c]
+    mismatches = [(s, f, py, c) for (s, f, py), c in zip(rows, c_values, strict=True) if py != c]
     assert mismatches == []
     assert len(rows) > 80  # every field of every struct was compared
 

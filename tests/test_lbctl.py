@@ -10,9 +10,9 @@ import sys
 import urllib.request
 
 import pytest
+
 from marllb.daemon._core import lib
 from marllb.daemon.control import MUTATING, ControlServer
-
 from tests.fakedp import FakeDataPlane, unique_name
 from tests.test_daemon import ROOT, Lbd, Publisher, wait_for
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from marllb.daemon._core import lib
 from marllb.daemon.features import Features
 from marllb.daemon.policies import POLICIES, Policy, PolicyError, make_policy, register_policy

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from marllb.sim.cli import main
 from marllb.sim.scenario import ScenarioError, load_scenario, shipped_names
 from marllb.sim.traces import generate, write_trace

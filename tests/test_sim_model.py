@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from marllb.sim.cluster import Cluster, scenario_trace
 from marllb.sim.scenario import Scenario, load_scenario
 from marllb.sim.traces import Trace, generate

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from marllb.daemon.config import load_config
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"

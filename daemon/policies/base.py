@@ -30,6 +30,7 @@ import pkgutil
 from typing import Any, ClassVar
 
 import numpy as np
+
 from marllb.daemon._core import lib
 
 MODE_NAMES: dict[int, str] = {

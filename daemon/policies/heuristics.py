@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon._core import lib
 from marllb.daemon.policies.base import Policy, register_policy
 

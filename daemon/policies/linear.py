@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from marllb.daemon import checkpoint as ckpt
 from marllb.daemon.features import FEATURE_NAMES, observation_matrix
 from marllb.daemon.policies.base import MODE_NAMES, Policy, PolicyError, register_policy

@@ -43,7 +43,10 @@ double bench_add_ns(uint64_t n) {
 double bench_stats_ns(const mlb_reservoir_t *r, uint64_t n) {
     mlb_stats_t st; double acc = 0;
     double t0 = now_ns();
-    for (uint64_t i = 0; i < n; i++) { mlb_reservoir_stats(r, 1000000000ull + i, 0.9, &st); acc += st.dp90; }
+    for (uint64_t i = 0; i < n; i++) {
+        mlb_reservoir_stats(r, 1000000000ull + i, 0.9, &st);
+        acc += st.dp90;
+    }
     double t1 = now_ns();
     if (acc != acc) abort();
     return (t1 - t0) / n;
@@ -111,8 +114,8 @@ def run(progress) -> dict[str, float]:
     ts = np.arange(1000, dtype=np.uint64) * 1_000_000
     lib.mlb_sampler_add_batch(s, ffi.from_buffer("double[]", arr[:1000]),
                               ffi.from_buffer("uint64_t[]", ts), 0, 1000)
-    stats_ns = _median(lambda: b.bench_stats_ns(mod.ffi.cast("mlb_reservoir_t *",
-                                                             ffi.cast("uintptr_t", ffi.addressof(s.r))), 200_000))
+    rp = mod.ffi.cast("mlb_reservoir_t *", ffi.cast("uintptr_t", ffi.addressof(s.r)))
+    stats_ns = _median(lambda: b.bench_stats_ns(rp, 200_000))
     progress("snapshots (64 servers x 4 workers, full reservoirs)")
     out = {
         "reservoir_add_per_s": 1e9 / add_ns,

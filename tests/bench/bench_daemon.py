@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from marllb.daemon._core import ffi, lib  # noqa: E402
 from marllb.daemon.features import SERVER_DTYPE  # noqa: E402
-
 from tests.fakedp import FakeDataPlane, unique_name  # noqa: E402
 
 GROUP = "daemon"
