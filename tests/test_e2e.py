@@ -21,13 +21,6 @@ from tests.e2e import E2E, SPEED, SRC_DAEMON, SRC_STATIC, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def e2e(tmp_path: Path):
-    h = E2E(tmp_path)
-    yield h
-    h.close()
-
-
 def test_ready_ticks_and_weights_applied_by_the_data_plane(e2e: E2E) -> None:
     e2e.start_dp()
     e2e.start_lbd("lsq")
