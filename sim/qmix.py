@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,6 +128,16 @@ class Replay:
             amask[b] = e.amask
         return {"x": x, "act": act, "state": st, "rew": rew, "valid": valid, "amask": amask}
 
+    def sample_windows(self, c: Any, rng: np.random.Generator,
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """A batch of burn-in + window + n-step sequences as tensors (both learners'
+        config has batch, burn_in, window, n_step, hidden): the batch, the
+        observations flattened to (W, B*A, D) for the GRU, and its zero hidden state."""
+        width = c.burn_in + c.window + c.n_step
+        b = {k: torch.from_numpy(v) for k, v in self.sample(c.batch, width, rng).items()}
+        W, B, A, D = b["x"].shape
+        return b, b["x"].reshape(W, B * A, D), torch.zeros(B * A, c.hidden)
+
 
 def nstep_targets(rew: torch.Tensor, valid: torch.Tensor, boot: torch.Tensor,
                   gamma: float, n: int, start: int, length: int) -> torch.Tensor:
@@ -182,11 +193,8 @@ class QMIX:
 
     def update(self, buf: Replay, rng: np.random.Generator) -> float:
         c = self.cfg
-        width = c.burn_in + c.window + c.n_step
-        b = {k: torch.from_numpy(v) for k, v in buf.sample(c.batch, width, rng).items()}
-        W, B, A, D = b["x"].shape
-        x = b["x"].reshape(W, B * A, D)
-        h0 = torch.zeros(B * A, c.hidden)
+        b, x, h0 = buf.sample_windows(c, rng)
+        W, B, A, _ = b["x"].shape
         with torch.no_grad():
             _, hb = self.agent(x[: c.burn_in], h0)
             qt_all, _ = self.t_agent(x, h0)

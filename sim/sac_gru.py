@@ -110,11 +110,8 @@ class SacGru:
 
     def update(self, buf: Replay, rng: np.random.Generator) -> float:
         c = self.cfg
-        width = c.burn_in + c.window + c.n_step
-        b = {k: torch.from_numpy(v) for k, v in buf.sample(c.batch, width, rng).items()}
-        W, B, A, D = b["x"].shape
-        x = b["x"].reshape(W, B * A, D)
-        h0 = torch.zeros(B * A, c.hidden)
+        b, x, h0 = buf.sample_windows(c, rng)
+        W, B, A, _ = b["x"].shape
         with torch.no_grad():
             _, hb = self.actor_net(x[: c.burn_in], h0)
         logits, _ = self.actor_net(x[c.burn_in:], hb)
