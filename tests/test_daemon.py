@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -148,18 +149,25 @@ def dp():
     d.close()
 
 
-@pytest.fixture
-def running(tmp_path, dp):
-    """A fake data plane publishing every 10 ms and an lbd attached to it."""
-    pub = Publisher(dp, static_weight=[1.0, 2.0, 3.0, 4.0], active=[3, 1, 4, 1],
-                    fct={0: [0.1, 0.2], 1: [0.3], 3: [0.05] * 10})
+@contextlib.contextmanager
+def lbd_on(tmp_path, dp, **publish):
+    """A Publisher (every 10 ms) on ``dp`` and a ready lbd attached to it."""
+    pub = Publisher(dp, **publish)
     lbd = Lbd(tmp_path, dp.name)
     try:
         lbd.wait_ready()
-        yield dp, pub, lbd
+        yield pub, lbd
     finally:
         pub.stop()
         lbd.stop()
+
+
+@pytest.fixture
+def running(tmp_path, dp):
+    """A fake data plane publishing every 10 ms and an lbd attached to it."""
+    with lbd_on(tmp_path, dp, static_weight=[1.0, 2.0, 3.0, 4.0], active=[3, 1, 4, 1],
+                fct={0: [0.1, 0.2], 1: [0.3], 3: [0.05] * 10}) as (pub, lbd):
+        yield dp, pub, lbd
 
 
 def weights_of(dp: FakeDataPlane) -> list[float] | None:

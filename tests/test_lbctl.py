@@ -14,21 +14,17 @@ import pytest
 from marllb.daemon._core import lib
 from marllb.daemon.control import MUTATING, ControlServer
 from tests.fakedp import FakeDataPlane, unique_name
-from tests.test_daemon import ROOT, Lbd, Publisher, wait_for
+from tests.test_daemon import ROOT, lbd_on, wait_for
 
 
 @pytest.fixture
 def running(tmp_path):
     dp = FakeDataPlane.create(unique_name("ctl"), n_servers=3, n_workers=1)
-    pub = Publisher(dp, static_weight=[1.0, 2.0, 4.0], active=[5, 6, 7],
-                    fct={0: [0.2] * 4, 2: [0.4, 0.6]})
-    lbd = Lbd(tmp_path, dp.name)
     try:
-        lbd.wait_ready()
-        yield dp, pub, lbd
+        with lbd_on(tmp_path, dp, static_weight=[1.0, 2.0, 4.0], active=[5, 6, 7],
+                    fct={0: [0.2] * 4, 2: [0.4, 0.6]}) as (pub, lbd):
+            yield dp, pub, lbd
     finally:
-        pub.stop()
-        lbd.stop()
         dp.close()
 
 
