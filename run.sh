@@ -10,19 +10,21 @@ VENV=${MARLLB_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
+# setup EXTRAS: the extras each command needs (demo: the simulator; test: all)
 setup() {
+    local extras=$1
     if [ ! -x "$VENV/bin/python" ]; then
         echo "== creating virtualenv $VENV"
         "$PY" -m venv "$VENV"
     fi
-    local stamp="$VENV/.marllb-install-stamp"
+    local stamp="$VENV/.marllb-install-stamp-${extras//,/-}"
     local want
-    want=$(cat pyproject.toml setup.py csrc/*.py csrc/*.[ch] shm_layout/*.h \
-           $(ls vpp_plugin/core/*.[ch] 2>/dev/null) | sha256sum | cut -d' ' -f1)
+    want=$( (echo "$extras"; cat pyproject.toml setup.py csrc/*.py csrc/*.[ch] shm_layout/*.h \
+           $(ls vpp_plugin/core/*.[ch] 2>/dev/null)) | sha256sum | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
        || ! "$VENV/bin/python" -c "import marllb.daemon._core" 2>/dev/null; then
         echo "== installing marllb and its dependencies into $VENV (first time: a few minutes)"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[sim,test]" \
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" \
             2> >(grep -v "^WARNING: Location" >&2)
         echo "$want" > "$stamp"
     fi
@@ -32,11 +34,11 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
     demo)
-        setup
+        setup sim
         exec "$VENV/bin/python" -m marllb.sim.demo "$@"
         ;;
     test)
-        setup
+        setup sim,train,dist,onnx,test
         set +e
         "$VENV/bin/python" -m pytest "$@"
         rc=$?
@@ -45,7 +47,7 @@ case "$cmd" in
         exit "$rc"
         ;;
     bench)
-        setup
+        setup sim,train,test
         exec "$VENV/bin/python" tests/bench/run.py "$@"
         ;;
     *)
