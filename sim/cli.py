@@ -79,12 +79,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 return _die(f"--policy {spec}: {e}", EX_CONFIG)
     if args.seeds < 1:
         return _die(f"--seeds must be >= 1, got {args.seeds}", EX_USAGE)
+    sla = args.sla_target_ms
+    if sla is not None and not sla > 0:
+        return _die(f"--sla-target-ms must be > 0, got {sla}", EX_USAGE)
     n_flows = (len(trace) * args.seeds if trace is not None
                else sum(len(scenario_trace(sc, s)) for s in range(args.seeds)))
     with tqdm(total=n_flows * len(policies), unit="flow", unit_scale=True,
               disable=args.quiet, desc=f"{sc.name}", file=sys.stderr) as bar:
         results, firsts = evaluate(sc, policies, seeds=args.seeds, trace=trace,
-                                   progress=bar.update)
+                                   progress=bar.update,
+                                   sla_target_s=None if sla is None else sla / 1e3)
     out = Path(args.out)
     write_report(out, sc.name, str(args.trace) if args.trace else None, results, firsts,
                  args.seeds, plots=not args.no_plots)
@@ -170,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "default: ecmp wcmp sed lsq oracle")
     pe.add_argument("--seeds", type=int, default=1, help="runs per policy (default 1)")
     pe.add_argument("--out", required=True, help="output directory")
+    pe.add_argument("--sla-target-ms", type=float, help="JCT target of the SLA violation "
+                    "share (default: 3 x the mean job's service time on an idle unit core)")
     pe.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
     pe.set_defaults(func=cmd_eval)

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from marllb.sim.cluster import ORACLE, Cluster, SimResult, scenario_trace
+from marllb.sim.metrics import METRICS as SLA_METRICS
+from marllb.sim.metrics import plot_sla_fairness, sla_fairness
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace
 
 METRICS = ("jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
-           "jain_load_over_capacity", "flows")
+           "jain_load_over_capacity", "flows", *SLA_METRICS)
 
 
 def known_policies() -> list[str]:
@@ -35,7 +37,7 @@ def parse_policy(spec: str) -> tuple[str, str | None]:
 
 
 def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace | None = None,
-             progress: Callable[[int], None] | None = None,
+             progress: Callable[[int], None] | None = None, sla_target_s: float | None = None,
              ) -> tuple[dict[str, dict[str, float]], dict[str, SimResult]]:
     """Mean of each metric over ``seeds`` runs per policy, and each policy's
     seed-0 result (for plots).  Every policy sees the same traces.  A policy
@@ -60,7 +62,7 @@ def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace 
                     done[0] = n
 
             res = Cluster(sc, tr, pol, seed=s, checkpoint=ckpt).run(progress=cb)
-            for k, v in res.summary().items():
+            for k, v in {**res.summary(), **sla_fairness(res, sla_target_s)}.items():
                 acc[k].append(v)
             if s == 0:
                 first[label] = res
@@ -72,13 +74,15 @@ def markdown_table(scenario: str, trace: str | None, results: dict[str, dict[str
                    seeds: int) -> str:
     src = f"trace `{trace}`" if trace else "generated trace"
     lines = [f"# {scenario}: {src}, mean over {seeds} seed(s)", "",
-             "| policy | JCT mean (ms) | p50 | p90 | p99 | rejected | Jain load/cap | flows |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| policy | JCT mean (ms) | p50 | p90 | p99 | rejected | Jain load/cap | flows "
+             "| SLA viol. | CV load/cap | max/min util |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pol, m in results.items():
         lines.append(f"| {pol} | {m['jct_mean_ms']:.1f} | {m['jct_p50_ms']:.1f} | "
                      f"{m['jct_p90_ms']:.1f} | {m['jct_p99_ms']:.1f} | "
                      f"{100 * m['rejected_frac']:.2f}% | {m['jain_load_over_capacity']:.3f} | "
-                     f"{m['flows']:.0f} |")
+                     f"{m['flows']:.0f} | {100 * m['sla_violation_frac']:.2f}% | "
+                     f"{m['cv_load_over_capacity']:.3f} | {m['util_max_min_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,3 +145,4 @@ def write_report(out: Path, scenario: str, trace: str | None,
         {"note": "seed 0 of each policy", "policies": details}, indent=2) + "\n")
     if plots:
         plot(firsts, out)
+        plot_sla_fairness(results, out / "sla_fairness.png")
