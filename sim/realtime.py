@@ -110,7 +110,9 @@ class Dataplane:
 
 def summary_dict(sc: Scenario, trace: str | None, res: SimResult, names: list[str],
                  speed: float) -> dict[str, Any]:
-    s = res.summary()
+    from marllb.sim.metrics import sla_fairness
+
+    s = {**res.summary(), **sla_fairness(res)}
     return {
         "scenario": sc.name,
         "trace": trace,

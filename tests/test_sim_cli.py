@@ -17,7 +17,8 @@ from marllb.sim.scenario import ScenarioError, load_scenario, shipped_names
 from marllb.sim.traces import generate, write_trace
 
 KEYS = {"jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
-        "jain_load_over_capacity", "flows"}
+        "jain_load_over_capacity", "flows", "sla_target_ms", "sla_violation_frac",
+        "cv_load_over_capacity", "util_max_min_ratio"}
 
 
 def test_shipped_scenarios_validate():
