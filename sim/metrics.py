@@ -103,7 +103,7 @@ def sla_fairness(res: SimResult, sla_target_s: float | None = None) -> dict[str,
 
 
 def plot_sla_fairness(results: Mapping[str, Mapping[str, float]], path: Path) -> Path:
-    """Per-policy bars: SLA violation share (left) and Jain's index (right)."""
+    """Per-policy bars: SLA violation share, Jain's index and CV of load / capacity."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,20 +112,26 @@ def plot_sla_fairness(results: Mapping[str, Mapping[str, float]], path: Path) ->
     from marllb.daemon.fsutil import atomic_file
 
     names = list(results)
-    sla = [100 * float(results[p].get("sla_violation_frac", math.nan)) for p in names]
-    jn = [float(results[p].get("jain_load_over_capacity", math.nan)) for p in names]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
-    pos = np.arange(len(names))
-    a1.bar(pos, sla, color="tab:red")
+
+    def col(key: str, scale: float = 1.0) -> list[float]:
+        return [scale * float(results[p].get(key, math.nan)) for p in names]
+
     target = next((results[p].get("sla_target_ms") for p in names), None)
-    a1.set_title("SLA violations" + (f" (JCT > {target:.0f} ms)" if target else ""))
-    a1.set_ylabel("% of jobs")
-    a2.bar(pos, jn, color="tab:blue")
-    a2.set_title("Jain's index of load / capacity")
-    a2.set_ylim(0, 1.05)
-    for ax in (a1, a2):
+    panels = (("sla_violation_frac", 100.0, "tab:red", "% of jobs",
+               "SLA violations" + (f" (JCT > {target:.0f} ms)" if target else "")),
+              ("jain_load_over_capacity", 1.0, "tab:blue", "index (1 = even)",
+               "Jain's index of load / capacity"),
+              ("cv_load_over_capacity", 1.0, "tab:green", "std / mean (0 = even)",
+               "CV of load / capacity"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 4))
+    pos = np.arange(len(names))
+    for ax, (key, scale, color, ylabel, title) in zip(axes, panels, strict=True):
+        ax.bar(pos, col(key, scale), color=color)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
         ax.set_xticks(pos, names, rotation=30, ha="right")
         ax.grid(True, axis="y", alpha=0.3)
+    axes[1].set_ylim(0, 1.05)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -176,3 +176,33 @@ def test_missing_onnx_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lbsim: error: export: the onnx package is not installed "
                    "(pip install 'marllb[onnx]')"]
+
+
+def test_parity_at_64_servers_on_random_frames(tmp_path: Path) -> None:
+    """64 servers, a few down, random counters and reservoir stats, 10 ticks."""
+    from marllb.daemon.features import Features
+
+    out = tmp_path / "s.onnx"
+    assert main(["export", "--checkpoint", str(ckpt.shipped("sac_gru")),
+                 "--out", str(out)]) == 0
+    rng = np.random.default_rng(4)
+    n = 64
+    frames = []
+    for _ in range(10):
+        f = Features.empty(n)
+        f.server_id = np.arange(n, dtype=np.uint32)
+        f.admin_state = np.where(rng.random(n) < 0.1, lib.MLB_ADMIN_DOWN,
+                                 lib.MLB_ADMIN_UP).astype(np.uint32)
+        f.static_weight = rng.choice([1.0, 2.0, 4.0], n)
+        f.active = rng.integers(0, 60, n).astype(float)
+        f.new_flow_rate = rng.exponential(50.0, n)
+        f.fct = rng.exponential(0.3, (n, 5))
+        f.fct_count = rng.integers(0, 256, n)
+        f.age = rng.exponential(0.2, (n, 5))
+        f.age_count = rng.integers(0, 256, n)
+        frames.append(f)
+    ref = daemon_run("sac_gru", frames)
+    got = onnx_run(out, frames, 2, 64)
+    for r, g in zip(ref, got, strict=True):
+        np.testing.assert_allclose(g["scores"], r["scores"], atol=1e-4)
+        np.testing.assert_allclose(g["h"], r["h"], atol=1e-5)
