@@ -1,7 +1,7 @@
 """Group `export`: the ONNX export of the qmix policy vs the daemon's numpy inference (issue 17).
 
-Per tick at 64 servers, both from the frame's observation matrix to scores,
-next hidden state and greedy level (the feature normalisation included):
+Per tick at 64 servers, both from the frame's features to scores, next hidden
+state and greedy level (observation matrix and normalisation included):
 
 - ``onnx_infer_p50_us_qmix_64`` / ``onnx_infer_p99_us_qmix_64``: onnxruntime
   (CPU, one intra-op thread) running the exported graph, ``sess.run`` per tick.
@@ -79,8 +79,6 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
     out = Path(tempfile.mkdtemp(prefix="bench-export-")) / "qmix.onnx"
     export(path, out)
     frames = _frames(np.random.default_rng(0))
-    obs = [observation_matrix(f) for f in frames]
-    ups = [np.asarray(f.up, bool) for f in frames]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
@@ -99,7 +97,9 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
         for t in range(TICKS):
             k = t % len(frames)
             t0 = time.perf_counter_ns()
-            q, h, prev, _ = sess.run(None, {"obs": obs[k], "up": ups[k],
+            f = frames[k]
+            q, h, prev, _ = sess.run(None, {"obs": observation_matrix(f),
+                                            "up": np.asarray(f.up, bool),
                                             "prev_action": prev, "h": h})
             t1 = time.perf_counter_ns()
             pol.act(frames[k])
