@@ -95,7 +95,8 @@ class CanaryPlan:
             raise PlanError(f"{where}: lbs must be a non-empty list of lb ids (got {lbs!r})")
         kw: dict[str, Any] = {}
         bounds = {"threshold": (0.0, 10.0), "promote_margin": (0.0, 10.0),
-                  "alpha": (1e-6, 0.5), "tau": (1e-3, 10.0), "window_s": (0.05, 3600.0), "gross_ratio": (1.0, 1e6)}
+                  "alpha": (1e-6, 0.5), "tau": (1e-3, 10.0), "window_s": (0.05, 3600.0),
+                  "gross_ratio": (1.0, 1e6)}
         for key, (lo, hi) in bounds.items():
             if key in d:
                 v = d[key]
