@@ -282,3 +282,78 @@ def test_trajlog_survives_kill9(tmp_path: Path) -> None:
         assert ts == list(range(ts[0], ts[0] + len(ts)))     # contiguous, nothing torn inside
         assert all(float(r.obs[0, 0]) == r.t_ns for r in recs[-5:])
         assert sum(s.stat().st_size for s in segments(d)) <= (1 << 20) + (64 << 10)
+
+
+# -- lbd / lbctl side ---------------------------------------------------------------------------
+
+
+def test_split_spec_and_slot_factory(tmp_path: Path) -> None:
+    from marllb.daemon.rollout import slot_factory, split_spec
+
+    store = _store_with_two(tmp_path)
+    assert split_spec("sed", None) == ("sed", None)
+    assert split_spec("qmix=/x/y.safetensors", None) == ("qmix", "/x/y.safetensors")
+    name, path = split_spec("qmix@v2", str(store.root))
+    assert name == "qmix" and path == str(store.root / "qmix" / "v2" / "policy.safetensors")
+    make = slot_factory(str(store.root), "sed")
+    assert make("qmix@v1").policy is not None
+    bad = make("qmix@v7")          # a version that does not exist: falls back, says why
+    assert bad.policy is None and "not in" in bad.load_error
+
+
+def _lbctl_args(**kw: object) -> object:
+    import argparse
+
+    return argparse.Namespace(**kw)
+
+
+def test_lbctl_canary_start_status_stop(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from marllb.daemon.rollout import cmd_canary, cmd_policy_list
+
+    store = _store_with_two(tmp_path)
+    plan = tmp_path / "canary.json"
+    common = {"plan": str(plan), "store": str(store.root), "board": str(tmp_path / "board")}
+    rc = cmd_canary(_lbctl_args(canary_cmd="start", candidate="qmix@v1", lbs="lb0",
+                                incumbent="sed", threshold=0.05, **common))
+    assert rc == 78 and "evaluation gate" in capsys.readouterr().out and not plan.exists()
+    rc = cmd_canary(_lbctl_args(canary_cmd="start", candidate="qmix@v2", lbs="lb0,lb2",
+                                incumbent="qmix@v1", threshold=0.05, **common))
+    assert rc == 0 and load_plan(plan).lbs == ("lb0", "lb2")
+    DirBoard(tmp_path / "board").write("lb0", {"lb": "lb0", "role": "candidate",
+                                               "serving": "qmix@v2", "verdict": "running",
+                                               "windows": [[1, 0.25, 0.5, "qmix@v2"]]})
+    capsys.readouterr()
+    assert cmd_canary(_lbctl_args(canary_cmd="status", json=False, **common)) == 0
+    out = capsys.readouterr().out
+    assert "qmix@v2" in out and "250.0" in out and "running" in out
+    assert cmd_canary(_lbctl_args(canary_cmd="stop", **common)) == 0 and not plan.exists()
+    assert cmd_policy_list(_lbctl_args(store=str(store.root), json=False)) == 0
+    out = capsys.readouterr().out
+    assert "qmix@v1" in out and "qmix@v2" in out and "pass" in out
+
+
+def test_trajectory_recorder_from_tick_records(tmp_path: Path) -> None:
+    from marllb.daemon.rollout import TrajectoryRecorder
+    from marllb.sim.cluster import Cluster, scenario_trace
+    from marllb.sim.lb import SimDaemon
+    from marllb.sim.scenario import load_scenario
+
+    sc = load_scenario("small")
+    rec = TrajectoryRecorder(str(tmp_path / "traj"), max_mb=1)
+    daemons: list[SimDaemon] = []
+
+    def hook(t: float, now_ns: int, lbs: list) -> bool:
+        if not daemons:
+            daemons.extend(SimDaemon(lb, "sed", ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
+        for lb, d in zip(lbs, daemons, strict=True):
+            lb.timer(now_ns)
+            d.tick()
+        rec.record(daemons[0].last)
+        return t < 5.0
+
+    Cluster(sc, scenario_trace(sc, 0), "sed").run(on_tick=hook)
+    rec.close()
+    recs = list(read_log(tmp_path / "traj"))
+    assert len(recs) >= 15 and recs[0].policy == "sed"
+    assert recs[-1].obs.shape == (3, 16) and np.all(recs[-1].weights > 0)
+    assert rec.status()["records"] == len(recs) and rec.status()["errors"] == 0
