@@ -72,7 +72,8 @@ class CanaryPlan:
     alpha: float = 0.05            # false-alarm rate of each sequential test
     tau: float = 0.1               # mixture scale: the effect size the test is tuned for
     window_s: float = 10.0
-    min_windows: int = 10          # windows compared before any statistical verdict
+    min_windows: int = 10          # windows compared before a promotion
+    min_windows_rollback: int = 4  # ... before a statistical rollback (rolling back is cheap)
     warmup_windows: int = 2        # windows ignored after (re)start: reservoirs refill
     calibration_windows: int = 6   # A/A windows (canary serves the incumbent) to measure bias
     max_windows: int = 300
@@ -104,7 +105,8 @@ class CanaryPlan:
                         not math.isfinite(v) or not lo <= v <= hi:
                     raise PlanError(f"{where}: {key} = {v!r} is not in [{lo}, {hi}]")
                 kw[key] = float(v)
-        for key, (lo, hi) in {"min_windows": (1, 10**6), "warmup_windows": (0, 10**6),
+        for key, (lo, hi) in {"min_windows": (1, 10**6), "min_windows_rollback": (2, 10**6),
+                              "warmup_windows": (0, 10**6),
                               "calibration_windows": (0, 10**6), "max_windows": (1, 10**7),
                               "gross_windows": (1, 10**6), "started_unix": (0, 2**63)}.items():
             if key in d:
@@ -389,19 +391,19 @@ class CanaryGuard:
                                 f"{(p.gross_ratio - 1) * 100:.0f}%")
         x = np.asarray(self.d)
         n = x.shape[0]
-        if n < p.min_windows:
+        if n < min(p.min_windows, p.min_windows_rollback):
             return None
         m = float(x.mean())
         worse0 = math.log1p(p.threshold)
         lam_w = msprt_lambda(x, worse0, p.tau)
-        if m > worse0 and lam_w >= 1.0 / p.alpha:
+        if n >= p.min_windows_rollback and m > worse0 and lam_w >= 1.0 / p.alpha:
             return self._decide(key, ROLLED_BACK,
                                 f"worse than the incumbent by {math.expm1(m) * 100:.1f}% "
                                 f"(> {p.threshold * 100:.0f}%) over {n} windows, "
                                 f"mSPRT Lambda={lam_w:.0f} >= 1/alpha", m, lam_w, n)
         better0 = -math.log1p(p.promote_margin)
         lam_b = msprt_lambda(x, better0, p.tau)
-        if m < better0 and lam_b >= 1.0 / p.alpha:
+        if n >= p.min_windows and m < better0 and lam_b >= 1.0 / p.alpha:
             return self._decide(key, PROMOTED,
                                 f"better than the incumbent by {-math.expm1(m) * 100:.1f}% "
                                 f"over {n} windows, mSPRT Lambda={lam_b:.0f} >= 1/alpha",

@@ -184,22 +184,11 @@ def test_dir_board_round_trip(tmp_path: Path) -> None:
 # -- in the simulator ------------------------------------------------------------------------
 
 
-def _steady(load: float):  # noqa: ANN202 - a Scenario
-    """The drill scenario without its capacity change, at ``load``."""
-    from marllb.sim.scenario import load_scenario
-
-    sc = load_scenario("rollout").model_copy(deep=True)
-    sc.traffic.target_load = load
-    sc.traffic.duration_s = 200
-    for g in sc.servers:
-        g.interference = None
-    return sc
-
-
 def test_sim_bad_candidate_rolled_back_incumbent_jct_restored() -> None:
     from marllb.sim.cmd_rollout import simulate
+    from marllb.sim.scenario import load_scenario
 
-    sc = _steady(0.85)
+    sc = load_scenario("rollout_steady")
     plan = CanaryPlan(candidate="inverted_static", incumbent="sed", lbs=("lb1",))
     res = simulate(sc, plan, seed=0)
     g = res.guards[1]
@@ -218,8 +207,9 @@ def test_sim_bad_candidate_rolled_back_incumbent_jct_restored() -> None:
 
 def test_sim_good_candidate_promoted_fleet_wide(tmp_path: Path) -> None:
     from marllb.sim.cmd_rollout import report, simulate
+    from marllb.sim.scenario import load_scenario
 
-    sc = _steady(0.85)
+    sc = load_scenario("rollout_steady")
     plan = CanaryPlan(candidate="sed", incumbent="inverted_static", lbs=("lb1",))
     res = simulate(sc, plan, seed=1)
     assert res.guards[1].verdict == PROMOTED, res.guards[1].status()
