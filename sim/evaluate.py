@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,15 @@ from marllb.sim.traces import Trace
 
 METRICS = ("jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
            "jain_load_over_capacity", "flows")
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output directory that cannot be written BEFORE a run (OSError
+    with the reason), so a long evaluation never ends with its results lost."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def known_policies() -> list[str]:
