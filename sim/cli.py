@@ -143,6 +143,13 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
         return _die(f"{e}{hint}", EX_UNAVAILABLE)
     d = summary_dict(sc, str(args.trace) if args.trace else None, res, dp.names, args.speed)
     write_summary(out, d)
+    if args.jct_out:
+        import numpy as np
+
+        from marllb.daemon.fsutil import atomic_file
+
+        with atomic_file(args.jct_out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, res.jct)
     m = d["policies"]["dataplane"]
     print(f"lbsim dataplane: {d['completed']} completed, {d['rejected']} rejected, "
           f"{d['unfinished']} unfinished, JCT mean {m['jct_mean_ms']:.1f} ms, "
@@ -237,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", default=None,
                     help="summary JSON path (default: TMPDIR/lbsim-dataplane-REGION.json, "
                     "printed at the end)")
+    pd.add_argument("--jct-out", metavar="FILE",
+                    help="also write every completed job's JCT (seconds, after warm-up) as "
+                    "a NumPy .npy file (the demo's plot reads it)")
     pd.set_defaults(func=cmd_dataplane)
     _plugins(sub)
     return ap
