@@ -480,6 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_policies(args: argparse.Namespace) -> str | None:
+    """A policy that cannot load would have lbd run its fallback: refuse it up front."""
+    from marllb.daemon.policies import PolicyError
+    from marllb.daemon.tick import PolicySlot
+
+    for name, ckpt in [(args.policy, args.checkpoint)] + [(c, None) for c in args.compare]:
+        try:
+            PolicySlot.build_strict(name, ckpt, "sed")
+        except PolicyError as e:
+            return f"--policy {name}{'=' + ckpt if ckpt else ''}: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -496,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
                 or os.path.exists(args.checkpoint + ".safetensors")):
             ap.error(f"--checkpoint {args.checkpoint}: no such file")
     args.compare = args.compare or ["sed", "lsq", "ecmp"]
+    err = _check_policies(args)
+    if err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 78
     if args.out is None:
         scen = Path(args.scenario).stem
         args.out = f"marllb-demo-{scen}-{args.policy}-{time.strftime('%Y%m%d-%H%M%S')}"
