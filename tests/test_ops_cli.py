@@ -190,3 +190,26 @@ def test_lbd_socket_failure_names_the_way_out(tmp_path):
     r = _mod("marllb.daemon.lbd", "--region", "nope-ops", "--socket", str(blocker / "s.sock"),
              "--metrics", "")
     assert r.returncode == 1 and "--socket PATH or LBD_SOCKET" in r.stderr
+
+
+def test_bad_servers_map_is_one_config_line(tmp_path):
+    cfg = tmp_path / "lbd.toml"
+    cfg.write_text('[servers]\nweb = "10.0.0.1"\n')
+    r = _mod("marllb.daemon.lbd", "--config", str(cfg), "--check-config")
+    assert r.returncode == 78 and "servers" in r.stderr and "server ids" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dataplane_restart_after_a_crash_names_replace(tmp_path):
+    from marllb.daemon.shm import Region
+    from tests.fakedp import unique_name
+
+    name = unique_name("crash")
+    left = Region.create(name, 3, 1, publish_interval_ns=250_000_000)   # a crash's leftover
+    try:
+        r = _mod("marllb.sim.cli", "dataplane", "--scenario", "small", "--region", name,
+                 "--duration", "1", cwd=tmp_path)
+        assert r.returncode == 69 and "--replace" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        left.unlink()
+        left.close()
