@@ -58,7 +58,12 @@ def client_socket() -> str:
 
 def _probe(path: str) -> tuple[str, int]:
     """Why a request failed, judged by what the socket does now."""
-    if not os.path.exists(path):
+    try:
+        os.stat(path)
+    except PermissionError:
+        return (f"permission denied on {path}: join the socket's group or use sudo",
+                EX_NOPERM)
+    except OSError:
         return (f"lbd is not running (no control socket at {path}; another one with "
                 f"--socket PATH or LBD_SOCKET)", EX_NOT_RUNNING)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -300,3 +300,34 @@ def test_watch_redraws_and_survives_a_missing_daemon(tmp_path):
     assert watch(fetch, 0.01, count=3, out=buf) == 0
     assert len(calls) == 3 and buf.getvalue().count("lbctl status --watch") == 3
     assert "not running" in buf.getvalue()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_permission_denied_is_exit_5(running):
+    """An operator outside the socket's group gets exit 5 and the way out, in one line."""
+    import contextlib
+    import io
+
+    from marllb.daemon.lbctl import main as lbctl_main
+
+    dp, pub, lbd = running
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.close(r)
+            err = io.StringIO()
+            os.setgid(65534)
+            os.setuid(65534)
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = lbctl_main(["--socket", lbd.sock, "status"])
+            os.write(w, err.getvalue().encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    msg = os.read(r, 4096).decode()
+    os.close(r)
+    assert os.waitstatus_to_exitcode(status) == 5, msg
+    assert "permission denied" in msg and "group" in msg
