@@ -216,12 +216,15 @@ def watch(fetch: Callable[[], dict[str, Any]], every: float, count: int | None =
     A daemon that goes away is shown as such and watched for until it is back."""
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
     n = 0
+    prev: dict[str, Any] | None = None
     try:
         while count is None or n < count:
             try:
-                body = format_status(fetch())
+                st = fetch()
+                body = format_status(st) + _deltas(prev, st)
+                prev = st
             except LbctlError as e:
-                body = f"lbctl: {e}"
+                body, prev = f"lbctl: {e}", None
             stamp = time.strftime("%H:%M:%S")
             out.write(f"{clear}lbctl status --watch {every:g}s  {stamp}  (Ctrl-C to quit)\n"
                       f"{body}\n")
@@ -234,15 +237,29 @@ def watch(fetch: Callable[[], dict[str, Any]], every: float, count: int | None =
     return EX_OK
 
 
+def _deltas(prev: dict[str, Any] | None, st: dict[str, Any]) -> str:
+    """Counters since the previous redraw (HAProxy shows rates, not only totals)."""
+    if prev is None or prev.get("pid") != st.get("pid"):
+        return ""
+    parts = [f"{k} +{st[k] - prev[k]}" for k in ("ticks", "publishes", "overruns",
+                                                   "fallback_events") if k in st and k in prev]
+    dp, pdp = st.get("dp") or {}, prev.get("dp") or {}
+    for k, label in (("msg_in_accepted", "msg_in accepted"),
+                     ("fallbacks", "data-plane fallbacks")):
+        if k in dp and k in pdp:
+            parts.append(f"{label} +{dp[k] - pdp[k]}")
+    return "\n\n  since the last redraw: " + ", ".join(parts) if parts else ""
+
+
 # -- CLI ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     sock = client_socket()
     ap = argparse.ArgumentParser(
         prog="lbctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--socket", default=sock,
+    ap.add_argument("--socket", default=sock, metavar="PATH",
                     help=f"lbd control socket (default here: {sock})")
-    ap.add_argument("--timeout", type=float, default=10.0,
+    ap.add_argument("--timeout", type=float, default=10.0, metavar="SEC",
                     help="seconds to wait for an answer (default 10)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("status", help="the daemon's state and a per-server table",

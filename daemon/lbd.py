@@ -26,6 +26,8 @@ from marllb.daemon.config import CLI_KEYS, EX_CONFIG, Config, ConfigError, load_
 def _default(key: str) -> str:
     f = Config.model_fields[key]
     v = f.get_default(call_default_factory=True)
+    if isinstance(v, float):
+        return f"{v:g}"
     return "''" if v == "" else str(v)
 
 

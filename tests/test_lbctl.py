@@ -331,3 +331,25 @@ def test_permission_denied_is_exit_5(running):
     os.close(r)
     assert os.waitstatus_to_exitcode(status) == 5, msg
     assert "permission denied" in msg and "group" in msg
+
+
+def test_watch_shows_what_changed_since_the_last_redraw():
+    import io
+
+    from marllb.daemon.lbctl import watch
+
+    base = {"pid": 1, "state": "running", "uptime_s": 1, "ticks": 10, "overruns": 0,
+            "hold": False, "policy": "sed", "mode": "sed", "tick_ms": 100, "target_hz": 10,
+            "achieved_hz": 10, "jitter": {"p50_us": 1, "p99_us": 2}, "stages": {},
+            "region": "r", "reattaches": 0, "fallback_policy": "sed", "fallback_events": 0,
+            "fallback_ticks": 0, "publishes": 10,
+            "dp": {"msg_in_accepted": 5, "msg_in_rej_stale": 0, "msg_in_rej_gen": 0,
+                   "msg_in_rej_invalid": 0, "fallbacks": 1, "weights_source": 1}}
+    seq = iter([base, {**base, "ticks": 30, "publishes": 29,
+                       "dp": {**base["dp"], "msg_in_accepted": 24, "fallbacks": 3}}])
+    buf = io.StringIO()
+    watch(lambda: next(seq), 0.01, count=2, out=buf)
+    last = buf.getvalue().split("lbctl status --watch")[-1]
+    assert "since the last redraw: ticks +20, publishes +19" in last
+    assert "msg_in accepted +19, data-plane fallbacks +2" in last
+    assert "weights in force: yes" in last
