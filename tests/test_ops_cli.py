@@ -33,6 +33,18 @@ def test_base_install_pulls_no_torch():
     assert any(d.startswith("torch==") for d in meta["optional-dependencies"]["train"])
 
 
+def test_every_subpackage_is_in_the_wheel():
+    """A non-editable `pip install .` once shipped without marllb.daemon.policies
+    (lbd could not start); every package directory must be listed."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    for top, name in (("daemon", "marllb.daemon"), ("sim", "marllb.sim")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            if "__pycache__" not in rel:
+                assert ".".join((name, *rel)) in listed, init
+
+
 def test_lbd_serves_qmix_without_torch():
     r = _py(NO_TORCH + """
 import numpy as np
