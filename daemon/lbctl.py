@@ -160,9 +160,14 @@ def _head(st: dict[str, Any]) -> list[str]:
         src = SRC_NAMES.get(dp.get("weights_source"), "?") if dp else "?"
         lines.append("  weights in force: " + ("yes (the data plane uses lbd's weights)" if wif
                      else f"NO (the data plane uses its {src} weights)"))
-    lines.append(f"  tick {st['tick_ms']:g} ms (target {st['target_hz']:g}/s, achieved "
-                 f"{st['achieved_hz']:g}/s)  jitter p50 {st['jitter']['p50_us']:.0f}us "
-                 f"p99 {st['jitter']['p99_us']:.0f}us")
+    tick = (f"  tick {st['tick_ms']:g} ms (target {st['target_hz']:g}/s, achieved "
+            f"{st['achieved_hz']:g}/s)  jitter p50 {st['jitter']['p50_us']:.0f}us "
+            f"p99 {st['jitter']['p99_us']:.0f}us")
+    if st.get("ttl_ms"):   # the TTL lbd publishes, in data-plane time (ttl.py)
+        tick += f"  ttl {st['ttl_ms']:g} ms data-plane"
+        if st.get("dp_clock_rate"):
+            tick += f" (dp clock x{st['dp_clock_rate']:.3g})"
+    lines.append(tick)
     lines.append("  stages p50/p99 us: " + "  ".join(
         f"{k} {v['p50_us']:.0f}/{v['p99_us']:.0f}" for k, v in st["stages"].items()))
     frame = st.get("frame_no")

@@ -353,3 +353,9 @@ def test_watch_shows_what_changed_since_the_last_redraw():
     assert "since the last redraw: ticks +20, publishes +19" in last
     assert "msg_in accepted +19, data-plane fallbacks +2" in last
     assert "weights in force: yes" in last
+    from marllb.daemon.lbctl import format_status
+
+    shown = format_status({**base, "ttl_ms": 1600.0, "dp_clock_rate": 4.0})
+    assert "ttl 1600 ms data-plane (dp clock x4)" in shown      # when status.py carries it
+    assert "NO (the data plane uses its static weights)" in format_status(
+        {**base, "dp": {**base["dp"], "weights_source": 0}})
