@@ -193,9 +193,10 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
-def table(rows: list[tuple[str, dict[str, float], dict[str, float]]]) -> str:
+def table(rows: list[tuple[str, dict[str, float], dict[str, float]]], base: str = "base") -> str:
     """rows: (label, stats, baseline stats for the % columns)."""
-    hdr = (f"{'policy':<34} {'JCT mean':>9} {'vs base':>8} {'JCT p99':>9} {'vs base':>8} "
+    vs = f"vs {base.upper()}"
+    hdr = (f"{'policy':<34} {'JCT mean':>9} {vs:>8} {'JCT p99':>9} {vs:>8} "
            f"{'rejected':>9} {'flows':>7}\n{'':<34} {'(ms)':>9} {'':>8} {'(ms)':>9}")
     out = [hdr]
     for label, s, b in rows:
@@ -362,7 +363,7 @@ def _report(args: argparse.Namespace, sc: Any, out: Path, sampler: WeightSampler
     means = {p: {k: _mean(v, k) for k in v[0]} for p, v in per.items()}
     for p in pols:
         rows.append((f"{p} (simulator, {len(seeds)} seeds)", means[p], means[base]))
-    notes = [f"'vs base' is the change against {base.upper()} (live run: same seed; "
+    notes = [f"'vs {base.upper()}' is the change against {base.upper()} (live run: same seed; "
              f"simulator rows: mean over the same {len(seeds)} seeds); negative is faster."]
     if {"sed", "lsq"} <= set(pols) and len({w for w in _static_weights(sc)}) == 1:
         notes.append("sed and lsq are identical here: with equal static weights SED's "
@@ -382,7 +383,7 @@ def _report(args: argparse.Namespace, sc: Any, out: Path, sampler: WeightSampler
     atomic_write_json(out / "comparison.json", {
         "scenario": sc.name, "seeds": seeds, "baseline": base, "live": live,
         "simulator": per, "verdict": line})
-    text = table(rows) + "\n\n" + "\n".join(notes) + "\n\n" + line + "\n"
+    text = table(rows, base) + "\n\n" + "\n".join(notes) + "\n\n" + line + "\n"
     atomic_write_text(out / "verdict.txt", text)
     print("\n" + text)
     print(f"msg_in accepted by the data plane: {summary.get('msg_in_accepted')}, "
