@@ -111,6 +111,10 @@ def _age(s: float | None) -> str:
     return "never" if s is None else f"{s:.2f}s ago"
 
 
+def _times(n: int) -> str:
+    return f"{n} time" if n == 1 else f"{n} times"
+
+
 def _checkpoint(st: dict[str, Any]) -> str:
     ck = st.get("checkpoint")
     if ck:
@@ -176,12 +180,12 @@ def _head(st: dict[str, Any]) -> list[str]:
                  f"  last publish {_age(st.get('last_publish_age_s'))}  reattaches "
                  f"{st['reattaches']}")
     lines.append(f"  policy fallbacks (lbd's policy -> {st['fallback_policy']}): "
-                 f"{st['fallback_events']} times, {st['fallback_ticks']} ticks")
+                 f"{_times(st['fallback_events'])}, {st['fallback_ticks']} ticks")
     if dp:
         lines.append(f"  data plane: msg_in accepted {dp['msg_in_accepted']}, rejected stale "
                      f"{dp['msg_in_rej_stale']} gen {dp['msg_in_rej_gen']} invalid "
                      f"{dp['msg_in_rej_invalid']}; fell back to static weights "
-                     f"{dp['fallbacks']} times")
+                     f"{_times(dp['fallbacks'])}")
     lr = st.get("last_reload")
     if lr:
         what = "ok" if lr["ok"] else f"FAILED ({lr['error']}; kept the old one)"

@@ -45,11 +45,8 @@ MODE_NAMES: dict[int, str] = {
     lib.MLB_MODE_P2C: "p2c",
 }
 MODE_ALIASES: dict[str, str] = {"wrandom": "wcmp", "least_active": "lsq"}
-MODE_IDS: dict[str, int] = {
-    **{name: mode for mode, name in MODE_NAMES.items()},
-    **{old: lib.MLB_MODE_WRANDOM if new == "wcmp" else lib.MLB_MODE_LEAST_ACTIVE
-       for old, new in MODE_ALIASES.items()},
-}
+MODE_IDS: dict[str, int] = {name: mode for mode, name in MODE_NAMES.items()}
+MODE_IDS.update({old: MODE_IDS[new] for old, new in MODE_ALIASES.items()})
 
 
 class PolicyError(Exception):
