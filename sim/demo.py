@@ -277,6 +277,7 @@ def plot_weights(samples: list[dict[str, Any]], speed: float, caps: list[float],
             if pts:
                 t, w = zip(*pts, strict=True)
                 ax.plot(t, w, lw=1.1, drawstyle="steps-post", label=f"LB {lb}")
+        ax.set_ylim(bottom=0)
         cap = f", {caps[j]:g} cores" if j < len(caps) else ""
         ax.set_title(f"server {j}{cap}", fontsize=8, loc="left")
         ax.grid(True, alpha=0.3)

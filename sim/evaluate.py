@@ -147,6 +147,7 @@ def plot(results: dict[str, SimResult], out: Path) -> list[Path]:
                     ax.axis("off")
                     continue
                 ax.plot(r.tick_t, data[:, k], lw=0.9, drawstyle="steps-post")
+                ax.set_ylim(bottom=0)   # proportions between servers read true
                 ax.set_title(f"server {k}", fontsize=8, loc="left")
                 ax.grid(True, alpha=0.3)
                 ax.tick_params(labelsize=7)
