@@ -15,7 +15,10 @@ monotonic ns) and ``frame_interval`` the data plane's publish interval.  The
 weights the data plane holds were computed from a frame at most one frame
 interval old and are replaced within one tick (r * tick of data-plane time)
 plus one data-plane timer period, so this keeps them in force with a 2x
-margin while a daemon that stops still loses them within a few ticks.  An
+margin while a daemon that stops still loses them within a few ticks.  Until
+the clock is known (two frames apart), the TTL is provisional: the same
+formula with r = 1 but at least PROVISIONAL_MIN_NS, so the very first
+weights do not expire on a fast clock before the second publish.  An
 explicit ``ttl_ms`` / ``--ttl-ms`` is used as is (data-plane milliseconds).
 """
 
@@ -28,6 +31,7 @@ import numpy as np
 WINDOW = 64          # distinct frames the clock estimate spans
 MIN_SPAN_NS = 50_000_000   # monotonic span below which the rate is not trusted yet
 RATE_BOUNDS = (1e-3, 1e4)  # a clock "rate" outside this is a broken clock: ignore it
+PROVISIONAL_MIN_NS = 2_000_000_000   # data-plane ns, only before the rate is known
 
 
 class TtlSpec(int):
@@ -99,8 +103,8 @@ class DpClock:
             return self.last_ttl_ns
         tick = spec.tick_ns or 0
         r = self.rate
-        if r is None:   # not known yet: the wall-clock baseline
-            ttl = max(int(spec), 2 * (self.frame_interval_ns + tick))
+        if r is None:   # not known yet: the wall-clock baseline, generously
+            ttl = max(int(spec), 2 * (self.frame_interval_ns + tick), PROVISIONAL_MIN_NS)
         else:
             ttl = max(4 * r * tick, 2 * (self.frame_interval_ns + r * tick))
         self.last_ttl_ns = int(ttl)

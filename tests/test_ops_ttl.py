@@ -16,7 +16,7 @@ import pytest
 
 from marllb.daemon.config import load_config
 from marllb.daemon.control import ControlError, request
-from marllb.daemon.ttl import DpClock, TtlSpec
+from marllb.daemon.ttl import PROVISIONAL_MIN_NS, DpClock, TtlSpec
 from tests.fakedp import unique_name
 from tests.test_daemon import ROOT, wait_for
 
@@ -27,7 +27,8 @@ def test_dp_clock_rate_and_auto_ttl():
     c = DpClock()
     tick = 100 * MS
     spec = TtlSpec(4 * tick, tick_ns=tick)
-    assert c.resolve(spec) == 4 * tick          # nothing seen yet: the wall-clock baseline
+    # nothing seen yet: provisional, generous enough for a fast clock's first publish
+    assert c.resolve(spec) == PROVISIONAL_MIN_NS
     # a data plane 4x faster than the wall clock, one frame per 250 ms of its time
     for k in range(40):
         c.observe(7, 1_000 * MS + k * 250 * MS, k * 62_500_000)
@@ -114,7 +115,7 @@ def test_readme_by_hand_commands_keep_the_daemons_weights_in_force(tmp_path: Pat
         assert in_force >= 0.95, f"daemon weights in force in only {in_force:.0%} of samples"
         last = samples[-1]
         # the old 4-wall-tick TTL made the data plane fall back on nearly every tick
-        assert last["fallbacks"] - first["fallbacks"] <= 1, (first, last)
+        assert last["fallbacks"] <= 1, (first, last)   # start-up included (was ~1 per tick)
         assert last["msg_in_rej_stale"] - first["msg_in_rej_stale"] <= 1
         assert last["msg_in_accepted"] > first["msg_in_accepted"] + 20
     finally:
