@@ -8,6 +8,7 @@ configuration on a reload.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +22,30 @@ from pydantic import (
     field_validator,
 )
 
+from marllb.daemon.ttl import TtlSpec
+
 EX_CONFIG = 78
 
 HEURISTIC_NAMES = ("static", "ecmp", "wcmp", "sed", "lsq")
+SYSTEM_SOCKET = "/run/marllb/lbd.sock"
+
+
+def default_socket() -> str:
+    """The control socket when none is configured, as systemd and XDG expect.
+
+    ``$LBD_SOCKET`` if set; root: /run/marllb/lbd.sock; otherwise under
+    ``$RUNTIME_DIRECTORY`` (systemd's RuntimeDirectory=), ``$XDG_RUNTIME_DIR``
+    or /tmp/marllb-UID, so a non-root ``lbd`` starts without extra flags."""
+    env = os.environ.get("LBD_SOCKET")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return SYSTEM_SOCKET
+    if os.environ.get("RUNTIME_DIRECTORY"):   # systemd: the unit's own dir(s), ':'-separated
+        return os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "lbd.sock")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "marllb", "lbd.sock")
+    return f"/tmp/marllb-{os.geteuid()}/lbd.sock"
 
 
 class ConfigError(Exception):
@@ -40,17 +62,30 @@ class Config(BaseModel):
     fallback_policy: str = Field("sed", description="heuristic used when the policy fails")
     w_min: float = Field(0.1, gt=0, description="smallest weight of an up server")
     w_max: float = Field(10.0, gt=0, description="largest weight")
-    ttl_ms: float = Field(0.0, ge=0, description="weights' TTL on the data-plane clock; 0: 4 ticks")
+    ttl_ms: float = Field(0.0, ge=0, description="weights' TTL in data-plane milliseconds; 0: "
+                          "derived from the tick and the observed data-plane clock (ttl.py)")
     decay_per_s: float = Field(0.9, gt=0, le=1, description="sample-age decay per second")
     stale_after_ms: float = Field(
         5000.0, gt=0, description="no new msg_out frame for this long: data plane stale"
     )
     attach_backoff_max_ms: float = Field(1000.0, gt=0, le=60_000)
-    socket: str = Field("/run/marllb/lbd.sock", description="control socket path; '' disables")
+    socket: str = Field(default_factory=default_socket,
+                        description="control socket path; '' disables (default: see "
+                        "default_socket)")
     socket_mode: int = Field(0o660, ge=0, le=0o777)
     socket_group: str | None = Field(None, description="group owning the control socket")
     metrics: str = Field("127.0.0.1:9464", description="Prometheus HOST:PORT; '' disables")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    servers: dict[str, str] = Field(
+        default_factory=dict, description="server id -> name or address, for lbctl and metrics")
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not k.isdigit():
+                raise ValueError(f"keys are server ids (0, 1, ...), got {k!r}")
+        return v
 
     @field_validator("region")
     @classmethod
@@ -100,8 +135,14 @@ class Config(BaseModel):
         return int(round(self.tick_ms * 1e6))
 
     @property
-    def ttl_ns(self) -> int:
-        return int(round((self.ttl_ms or 4 * self.tick_ms) * 1e6))
+    def ttl_ns(self) -> TtlSpec:
+        if self.ttl_ms:
+            return TtlSpec(round(self.ttl_ms * 1e6))
+        return TtlSpec(4 * self.tick_ns, tick_ns=self.tick_ns)
+
+    @property
+    def server_names(self) -> dict[int, str]:
+        return {int(k): name for k, name in self.servers.items()}
 
     @property
     def metrics_addr(self) -> tuple[str, int] | None:
@@ -112,7 +153,8 @@ class Config(BaseModel):
 
 
 # CLI flag dest -> config key
-CLI_KEYS = ("region", "socket", "tick_ms", "policy", "checkpoint", "metrics", "log_level")
+CLI_KEYS = ("region", "socket", "tick_ms", "ttl_ms", "policy", "checkpoint", "metrics",
+            "log_level")
 
 
 def _one_line(e: ValidationError, source: str) -> str:

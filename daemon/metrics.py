@@ -1,5 +1,12 @@
 """Prometheus metrics over HTTP: a custom collector over the SAME status
-snapshot as ``lbctl status`` (nothing is counted twice or on the tick path)."""
+snapshot as ``lbctl status`` (nothing is counted twice or on the tick path).
+
+Names follow Prometheus conventions: counters end in ``_total``, units in the
+name (``_seconds``), one meaning per name.  ``marllb_lbd_*`` is what the
+daemon does; ``marllb_dataplane_*`` is what the data plane reports in its
+msg_out frames (so "fallbacks" of lbd's policy to its heuristic and the data
+plane's fallbacks to its static weights are two different names).
+systemd/grafana-marllb.json is a dashboard over these."""
 
 from __future__ import annotations
 
@@ -17,6 +24,9 @@ from prometheus_client.registry import CollectorRegistry
 from marllb.daemon.status import build_status
 
 STATES = ("running", "waiting", "degraded")
+SOURCES = {0: "static", 1: "daemon"}
+MSG_IN = (("accepted", "msg_in_accepted"), ("rejected_stale", "msg_in_rej_stale"),
+          ("rejected_generation", "msg_in_rej_gen"), ("rejected_invalid", "msg_in_rej_invalid"))
 
 
 class LbdCollector:
@@ -29,9 +39,10 @@ class LbdCollector:
         p = "marllb_lbd_"
 
         g = GaugeMetricFamily(p + "state", "1 for the daemon's current state", labels=["state"])
-        for s in STATES:
+        for s in STATES + tuple(x for x in (st["state"],) if x not in STATES):
             g.add_metric([s], 1.0 if st["state"] == s else 0.0)
         yield g
+        yield from self._dataplane(st)
         yield GaugeMetricFamily(p + "up_seconds", "seconds since the daemon started",
                                 value=st["uptime_s"])
         for name, key, doc in (
@@ -39,8 +50,9 @@ class LbdCollector:
             ("overruns", "overruns", "ticks skipped because a tick overran its deadline"),
             ("frames_seen", "frames_seen", "distinct msg_out frames seen"),
             ("publishes", "publishes", "msg_in messages published"),
-            ("fallbacks", "fallback_events", "switches from the policy to its fallback"),
-            ("fallback_ticks", "fallback_ticks", "ticks decided by the fallback heuristic"),
+            ("policy_fallbacks", "fallback_events",
+             "switches from lbd's policy to its fallback heuristic"),
+            ("policy_fallback_ticks", "fallback_ticks", "ticks decided by the fallback heuristic"),
             ("reattaches", "reattaches", "re-attaches after a data-plane restart"),
             ("reloads", "reloads", "successful reloads"),
             ("reload_failures", "reload_failures", "rejected reloads (old config kept)"),
@@ -82,12 +94,52 @@ class LbdCollector:
             "fct_mean_seconds": ("fct_mean_ms", "mean flow completion time (reservoir)"),
             "fct_p90_seconds": ("fct_p90_ms", "p90 flow completion time (reservoir)"),
         }
+        names = getattr(d.cfg, "server_names", {})
         for mname, (key, doc) in per.items():
-            fam = GaugeMetricFamily(p + "server_" + mname, doc, labels=["server", "state"])
+            fam = GaugeMetricFamily(p + "server_" + mname, doc, labels=["server", "name", "state"])
             scale = 1e-3 if key.endswith("_ms") else 1.0
             for row in st["servers"]:
-                fam.add_metric([str(row["id"]), row["state"]], row[key] * scale)
+                fam.add_metric([str(row["id"]), names.get(row["id"], ""), row["state"]],
+                               row[key] * scale)
             yield fam
+
+    def _dataplane(self, st: dict[str, Any]) -> Iterator[Any]:
+        """What the data plane says in its frames, and whether lbd's weights are in force."""
+        d = self.lbd
+        p = "marllb_dataplane_"
+        dp = st.get("dp")
+        wif = st.get("weights_in_force")
+        if wif is None and dp:
+            wif = dp.get("weights_source") == 1
+        if wif is not None:
+            yield GaugeMetricFamily("marllb_lbd_weights_in_force",
+                                    "1 while the data plane uses lbd's weights",
+                                    value=float(bool(wif)))
+        clock = getattr(getattr(d, "pipeline", None), "dp_clock", None)
+        if clock is not None and clock.last_ttl_ns:
+            yield GaugeMetricFamily("marllb_lbd_weights_ttl_seconds",
+                                    "TTL of the published weights, data-plane seconds",
+                                    value=clock.last_ttl_ns / 1e9)
+        if clock is not None and clock.rate is not None:
+            yield GaugeMetricFamily(p + "clock_rate",
+                                    "data-plane seconds per wall second (1 on real hardware)",
+                                    value=clock.rate)
+        if not dp:
+            return
+        src = GaugeMetricFamily(p + "weights_source",
+                                "1 for the weights the data plane uses: the daemon's or its "
+                                "static ones", labels=["source"])
+        for code, name in SOURCES.items():
+            src.add_metric([name], 1.0 if dp.get("weights_source") == code else 0.0)
+        yield src
+        yield CounterMetricFamily(p + "static_fallbacks",
+                                  "times the data plane dropped the daemon's weights for its "
+                                  "static ones (TTL expired, rejected msg_in)",
+                                  value=dp["fallbacks"])
+        mi = CounterMetricFamily(p + "msg_in", "msg_in messages by outcome", labels=["result"])
+        for label, key in MSG_IN:
+            mi.add_metric([label], dp[key])
+        yield mi
 
 
 def start_metrics(daemon: Any, host: str, port: int) -> tuple[Any, str]:

@@ -19,6 +19,7 @@ from marllb.daemon.features import FeatureExtractor, Features
 from marllb.daemon.policies import Policy, PolicyError, make_policy
 from marllb.daemon.sanitize import is_finite_output, sanitize
 from marllb.daemon.shm import Region, RegionBusy
+from marllb.daemon.ttl import DpClock
 
 FLAG_HOLD = 1
 FLAG_FALLBACK = 2
@@ -158,11 +159,13 @@ class TickPipeline:
         lib.mlb_rng_seed(self.rng, daemon_gen if seed is None else seed)
         self.snapshot_busy = 0
         self.last_durations = [0] * 6
+        self.dp_clock = DpClock()   # turns an automatic TTL into data-plane time
 
     def reset(self) -> None:
         """After (re)attach: forget rates and per-agent state."""
         self.extractor.reset()
         self.slot.n_servers = -1
+        self.dp_clock.reset()
 
     def run_once(
         self, region: Region, *, w_min: float, w_max: float, ttl_ns: int,
@@ -171,6 +174,8 @@ class TickPipeline:
     ) -> TickRecord | None:
         """One tick. None when no frame could be read (none yet, or busy).
 
+        ``ttl_ns``: the config's TTL (a ``TtlSpec``: automatic ones are
+        rescaled to data-plane time, see ttl.py).
         ``hold``: weights to republish instead of deciding (lbctl hold on).
         ``stale_check(features) -> bool``: True = do not publish this frame."""
         pc = time.perf_counter_ns
@@ -184,6 +189,7 @@ class TickPipeline:
             return None
         t1 = pc()
         f = self.extractor.update(self.view)
+        self.dp_clock.observe(f.dp_gen, f.t_ns, time.monotonic_ns())
         t2 = pc()
         held = hold is not None and hold.shape[0] == f.n
         if held:
@@ -198,7 +204,8 @@ class TickPipeline:
         seq = 0
         if do_publish:
             flags = (FLAG_HOLD if held else 0) | (FLAG_FALLBACK if reason else 0)
-            seq = self.publisher.publish(region, f, w, mode, name, ttl_ns, flags)
+            seq = self.publisher.publish(region, f, w, mode, name,
+                                         self.dp_clock.resolve(ttl_ns), flags)
         t5 = pc()
         self.last_durations = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0]
         return TickRecord(

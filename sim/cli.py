@@ -1,7 +1,10 @@
 """``lbsim``: the simulator's command line.
 
-    lbsim eval --scenario s1 --policy sed --policy lsq --out results/
+    lbsim eval --scenario s1 --policy sed --policy qmix=runs/q/best --out results/
     lbsim dataplane --scenario small --region vip0 --speed 4
+
+Subcommands that need torch (``train``) are registered without importing it
+at start-up; without torch they fail with one line naming ``marllb[train]``.
 
 More subcommands plug in without editing this file: any module
 ``marllb.sim.train*`` (or ``marllb.sim.cmd_*``) that defines
@@ -15,13 +18,20 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import tempfile
 from pathlib import Path
 
 EX_USAGE = 2
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
 EX_CONFIG = 78
+TRAIN_EXTRA = "pip install 'marllb[train]'"
+# lbsim dataplane --mode: the data plane's selection mode (spelled as in the VPP
+# CLI) -> the heuristic whose static weights and mode it configures
+DP_MODES = {"sed": "sed", "wcmp": "wcmp", "lsq": "lsq", "hash": "ecmp"}
+DP_MODE_ALIASES = {"static": "sed", "ecmp": "hash", "wrandom": "wcmp", "least_active": "lsq"}
 
 
 def _die(msg: str, code: int) -> int:
@@ -62,10 +72,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from marllb.sim.evaluate import evaluate, known_policies, write_report
 
     sc, trace = _load(args)
+    from marllb.daemon.fsutil import OutputError
     from marllb.daemon.policies import PolicyError
     from marllb.daemon.tick import PolicySlot
-    from marllb.sim.evaluate import parse_policy
+    from marllb.sim.evaluate import check_out_dir, parse_policy
 
+    try:   # before the run: never lose a long evaluation to an unwritable --out
+        check_out_dir(Path(args.out))
+    except OSError as e:
+        msg = str(e) if isinstance(e, OutputError) else f"{e.strerror or e}"
+        return _die(f"--out {args.out}: cannot write there: {msg}", EX_CANTCREAT)
     policies = args.policy or ["ecmp", "wcmp", "sed", "lsq", "oracle"]
     known = known_policies()
     for spec in policies:
@@ -105,15 +121,18 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
     sc, trace = _load(args)
     if not args.speed > 0:
         return _die(f"--speed must be > 0, got {args.speed}", EX_USAGE)
-    from marllb.daemon.policies import PolicyError, make_policy
-
+    mode = DP_MODE_ALIASES.get(args.mode, args.mode)
+    if mode not in DP_MODES:
+        return _die(f"--mode: unknown mode {args.mode!r}; known: {', '.join(DP_MODES)}",
+                    EX_USAGE)
+    out = Path(args.out) if args.out else default_summary_path(args.region)
     try:
-        make_policy(args.mode)
-    except PolicyError as e:
-        return _die(f"--mode: {e}", EX_USAGE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _die(f"--out {out}: {e.strerror or e}", EX_CANTCREAT)
     if trace is None:
         trace = scenario_trace(sc, args.seed)
-    dp = Dataplane(sc, trace, args.region, speed=args.speed, policy=args.mode,
+    dp = Dataplane(sc, trace, args.region, speed=args.speed, policy=DP_MODES[mode],
                    seed=args.seed, replace=args.replace)
     print(f"lbsim dataplane: scenario {sc.name}, {len(trace)} flows over "
           f"{trace.span_s:.1f} s simulated, speed x{args.speed:g}, regions "
@@ -121,15 +140,42 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
     try:
         res = dp.run()
     except RegionError as e:
-        return _die(str(e), EX_UNAVAILABLE)
+        hint = ""
+        if "exist" in str(e) and not args.replace:
+            hint = ("; if a data plane crashed and left it behind, rerun with --replace "
+                    "to take it over")
+        return _die(f"{e}{hint}", EX_UNAVAILABLE)
     d = summary_dict(sc, str(args.trace) if args.trace else None, res, dp.names, args.speed)
-    out = Path(args.out)
     write_summary(out, d)
+    if args.jct_out:
+        import numpy as np
+
+        from marllb.daemon.fsutil import atomic_file
+
+        with atomic_file(args.jct_out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, res.jct)
     m = d["policies"]["dataplane"]
     print(f"lbsim dataplane: {d['completed']} completed, {d['rejected']} rejected, "
           f"{d['unfinished']} unfinished, JCT mean {m['jct_mean_ms']:.1f} ms, "
           f"msg_in accepted {d['msg_in_accepted']}; wrote {out}", file=sys.stderr)
     return 0
+
+
+def default_summary_path(region: str) -> Path:
+    """Not the current directory: the temp dir, named for the region (printed at the end)."""
+    return Path(tempfile.gettempdir()) / f"lbsim-dataplane-{region}.json"
+
+
+def _needs_torch(e: BaseException) -> bool:
+    return isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torch"
+
+
+def _torch_stub(sub: argparse._SubParsersAction, name: str) -> None:
+    """A subcommand whose module needs torch, which is not installed: one clear line."""
+    p = sub.add_parser(name, help=f"(needs torch: {TRAIN_EXTRA})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _die(f"lbsim {name} needs torch, which is not "
+                                          f"installed: {TRAIN_EXTRA}", EX_UNAVAILABLE))
 
 
 def _plugins(sub: argparse._SubParsersAction) -> None:
@@ -141,6 +187,10 @@ def _plugins(sub: argparse._SubParsersAction) -> None:
         try:
             mod = importlib.import_module(f"marllb.sim.{info.name}")
         except Exception as e:  # noqa: BLE001 - a broken plugin must not break eval
+            if _needs_torch(e):
+                if info.name == "train":
+                    _torch_stub(sub, "train")
+                continue
             print(f"lbsim: warning: {info.name} not loaded: {e}", file=sys.stderr)
             continue
         reg = getattr(mod, "register_cli", None)
@@ -173,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "sed, lsq, ...), NAME=CHECKPOINT for a learned one, or oracle; "
                     "default: ecmp wcmp sed lsq oracle")
     pe.add_argument("--seeds", type=int, default=1, help="runs per policy (default 1)")
-    pe.add_argument("--out", required=True, help="output directory")
+    pe.add_argument("--out", required=True,
+                    help="output directory (checked for writing before the run)")
     pe.add_argument("--sla-target-ms", type=float, help="JCT target of the SLA violation "
                     "share (default: 3 x the mean job's service time on an idle unit core)")
     pe.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -189,14 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="region name (LB 0); LB k >= 1 gets NAME-lb<k>")
     pd.add_argument("--speed", type=float, default=1.0,
                     help="simulated seconds per wall second (default 1)")
-    pd.add_argument("--mode", default="static",
-                    help="policy whose mode the data plane is configured with (its fallback "
-                    "when no fresh daemon weights): static/sed, wcmp, lsq, ecmp")
-    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--mode", default="sed",
+                    help="the data plane's own selection mode with its static weights, used "
+                    f"when no fresh daemon weights are in force: {', '.join(DP_MODES)} "
+                    "(default sed; the VPP CLI's `lb rl mode` spelling)")
+    pd.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
     pd.add_argument("--replace", action="store_true",
                     help="take over a region of that name left behind by a dead data plane")
-    pd.add_argument("--out", default="dataplane-summary.json",
-                    help="summary JSON path (default ./dataplane-summary.json)")
+    pd.add_argument("--out", default=None,
+                    help="summary JSON path (default: TMPDIR/lbsim-dataplane-REGION.json, "
+                    "printed at the end)")
+    pd.add_argument("--jct-out", metavar="FILE",
+                    help="also write every completed job's JCT (seconds, after warm-up) as "
+                    "a NumPy .npy file (the demo's plot reads it)")
     pd.set_defaults(func=cmd_dataplane)
     _plugins(sub)
     return ap
@@ -208,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:   # a subcommand that imports torch when it runs
+        if not _needs_torch(e):
+            raise
+        return _die(f"lbsim {args.cmd} needs torch, which is not installed: {TRAIN_EXTRA}",
+                    EX_UNAVAILABLE)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +21,15 @@ from marllb.sim.traces import Trace
 
 METRICS = ("jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
            "jain_load_over_capacity", "flows", *SLA_METRICS)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output directory that cannot be written BEFORE a run (OSError
+    with the reason), so a long evaluation never ends with its results lost."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def known_policies() -> list[str]:
@@ -87,49 +99,68 @@ def markdown_table(scenario: str, trace: str | None, results: dict[str, dict[str
 
 
 def plot(results: dict[str, SimResult], out: Path) -> list[Path]:
-    """JCT CDF per policy, per-server load over time and weights over time."""
+    """JCT tail per policy (``jct_cdf.png``: a log-log CCDF, where policies
+    differ), and per policy the load and the weights over time as small
+    multiples, one panel per server (7 overlapping lines are unreadable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from marllb.daemon.fsutil import atomic_file
+
+    def save(fig: Any, p: Path) -> Path:
+        with atomic_file(p) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        return p
 
     written: list[Path] = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for pol, r in results.items():
         j = np.sort(r.jct * 1e3)
         if j.size:
-            ax.plot(j, np.arange(1, j.size + 1) / j.size, label=pol)
+            ax.step(j, 1.0 - np.arange(j.size) / j.size, where="post",
+                    label=f"{pol} (p99 {np.percentile(j, 99):.0f} ms)")
     ax.set_xscale("log")
-    ax.set_xlabel("job completion time (ms)")
-    ax.set_ylabel("CDF")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.set_yscale("log")
+    lows = [float(np.percentile(r.jct, 1)) * 1e3 for r in results.values() if r.jct.size]
+    if lows:   # the fastest 1% say nothing about the tail
+        ax.set_xlim(left=max(1e-3, min(lows) / 2))
+    ax.axhline(0.01, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("job completion time (ms, log)")
+    ax.set_ylabel("fraction of jobs slower (CCDF, log)")
+    ax.set_title("JCT tail (seed 0); dotted: p99", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    p = out / "jct_cdf.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    written.append(p)
+    written.append(save(fig, out / "jct_cdf.png"))
     for pol, r in results.items():
         for what, data, ylabel in (
             ("load", r.tick_load, "jobs in system / cores"),
             ("weights", r.tick_weights, "weight in force (LB 0)"),
         ):
-            fig, ax = plt.subplots(figsize=(7, 4))
-            if data.size:
-                for j in range(data.shape[1]):
-                    ax.plot(r.tick_t, data[:, j], lw=0.8, label=f"server {j}")
-            ax.set_xlabel("simulated time (s)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{pol}: {what} over time")
-            ax.grid(True, alpha=0.3)
-            if data.size and data.shape[1] <= 12:
-                ax.legend(fontsize=7, ncol=2)
+            n = data.shape[1] if data.size else 0
+            cols = 2 if n > 3 else 1
+            rows = max(1, math.ceil(n / cols))
+            fig, axes = plt.subplots(rows, cols, figsize=(8, 1.4 * rows + 0.9), sharex=True,
+                                     sharey=True, squeeze=False)
+            for k in range(rows * cols):
+                ax = axes[k // cols][k % cols]
+                if k >= n:
+                    ax.axis("off")
+                    continue
+                ax.plot(r.tick_t, data[:, k], lw=0.9, drawstyle="steps-post")
+                ax.set_ylim(bottom=0)   # proportions between servers read true
+                ax.set_title(f"server {k}", fontsize=8, loc="left")
+                ax.grid(True, alpha=0.3)
+                ax.tick_params(labelsize=7)
+            fig.supxlabel("simulated time (s)", fontsize=9)
+            fig.supylabel(ylabel, fontsize=9)
+            fig.suptitle(f"{pol}: {what} over time, per server", fontsize=10)
             fig.tight_layout()
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in pol)
-            p = out / f"{what}_{safe}.png"
-            fig.savefig(p, dpi=100)
-            plt.close(fig)
-            written.append(p)
+            written.append(save(fig, out / f"{what}_{safe}.png"))
     return written
 
 

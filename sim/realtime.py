@@ -20,7 +20,6 @@ its summary JSON and unlinks its regions.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -130,5 +129,7 @@ def summary_dict(sc: Scenario, trace: str | None, res: SimResult, names: list[st
 
 
 def write_summary(path: Path, d: dict[str, Any]) -> None:
+    from marllb.daemon.fsutil import atomic_write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(d, indent=2) + "\n")
+    atomic_write_json(path, d)

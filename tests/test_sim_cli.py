@@ -218,7 +218,7 @@ def test_dataplane_refuses_an_existing_region(tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
-    [(["--mode", "oracle"], "--mode: unknown policy 'oracle'"),
+    [(["--mode", "oracle"], "--mode: unknown mode 'oracle'"),
      (["--speed", "0"], "--speed must be > 0"),
      (["--scenario", "nope.toml"], "not a shipped name")],
 )

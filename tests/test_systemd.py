@@ -93,3 +93,22 @@ def test_systemd_analyze_verify_syntax():
     bad = [ln for ln in r.stderr.splitlines()
            if "Unknown key" in ln or "Invalid" in ln or "Failed to parse" in ln]
     assert not bad, r.stderr
+
+
+def test_unprivileged_unit_socket_is_under_its_runtime_directory(monkeypatch):
+    """The unit runs as User=marllb with RuntimeDirectory=marllb: lbd's built-in
+    default socket there, the shipped config's and lbctl's all agree."""
+    import os
+
+    from marllb.daemon.config import default_socket
+
+    svc = parse_unit(UNIT)["Service"]
+    assert svc["User"] == ["marllb"]
+    rundir = f"/run/{svc['RuntimeDirectory'][0]}"
+    monkeypatch.delenv("LBD_SOCKET", raising=False)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", rundir)
+    if os.geteuid() != 0:
+        assert default_socket() == f"{rundir}/lbd.sock"
+    assert load_config(SYSTEMD / "lbd.toml").socket == f"{rundir}/lbd.sock"
+    monkeypatch.setattr(os, "geteuid", lambda: 999)   # as the unit's unprivileged user
+    assert default_socket() == f"{rundir}/lbd.sock"

@@ -2,6 +2,7 @@
 
 from marllb.daemon.policies import heuristics as _heuristics  # noqa: F401  (registers)
 from marllb.daemon.policies.base import (
+    MODE_IDS,
     MODE_NAMES,
     POLICIES,
     Policy,
@@ -15,6 +16,7 @@ HEURISTICS = ("static", "ecmp", "wcmp", "sed", "lsq")
 
 __all__ = [
     "HEURISTICS",
+    "MODE_IDS",
     "MODE_NAMES",
     "POLICIES",
     "Policy",

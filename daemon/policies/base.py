@@ -33,14 +33,20 @@ import numpy as np
 
 from marllb.daemon._core import lib
 
+# The data plane's selection modes, spelled as the VPP CLI (`lb rl mode ...`),
+# lbctl, lbsim and checkpoints spell them.  MODE_IDS also takes the old
+# spellings (wrandom, least_active) that checkpoints and scripts may carry.
 MODE_NAMES: dict[int, str] = {
     lib.MLB_MODE_NONE: "none",
     lib.MLB_MODE_SED: "sed",
-    lib.MLB_MODE_WRANDOM: "wrandom",
-    lib.MLB_MODE_LEAST_ACTIVE: "least_active",
+    lib.MLB_MODE_WRANDOM: "wcmp",
+    lib.MLB_MODE_LEAST_ACTIVE: "lsq",
     lib.MLB_MODE_HASH: "hash",
     lib.MLB_MODE_P2C: "p2c",
 }
+MODE_ALIASES: dict[str, str] = {"wrandom": "wcmp", "least_active": "lsq"}
+MODE_IDS: dict[str, int] = {name: mode for mode, name in MODE_NAMES.items()}
+MODE_IDS.update({old: MODE_IDS[new] for old, new in MODE_ALIASES.items()})
 
 
 class PolicyError(Exception):

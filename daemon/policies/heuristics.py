@@ -23,7 +23,10 @@ class _EqualWeights(Policy):
 
 @register_policy("static")
 class StaticPolicy(_StaticWeights):
-    """The configured static weights, in the data plane's SED-form selection."""
+    """What the data plane does on its own: static weights, SED selection.
+
+    Decides exactly as ``sed`` does (same weights, same mode); it exists as a
+    name for "the daemon adds nothing", the baseline to compare against."""
 
     mode = lib.MLB_MODE_SED
 

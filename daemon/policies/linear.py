@@ -6,7 +6,7 @@ too.  The checkpoint uses the project's one format (``marllb.daemon.checkpoint``
 ``NAME.safetensors`` tensors + ``NAME.json`` metadata, never a pickle).
 Tensors: ``w`` (F,), ``b`` (1,), optional ``mean``/``std`` (F,).  Metadata:
 ``format`` 1, ``algorithm`` "linear", ``features.names`` (must equal this
-build's FEATURE_NAMES), optional ``mode`` ("sed", "wrandom", ...).
+build's FEATURE_NAMES), optional ``mode`` ("sed", "wcmp", "lsq", ...).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 
 from marllb.daemon import checkpoint as ckpt
 from marllb.daemon.features import FEATURE_NAMES, observation_matrix
-from marllb.daemon.policies.base import MODE_NAMES, Policy, PolicyError, register_policy
+from marllb.daemon.policies.base import MODE_IDS, Policy, PolicyError, register_policy
 
-_MODES = {v: k for k, v in MODE_NAMES.items()}
+_MODES = MODE_IDS
 
 
 def save_linear(path: str, w: np.ndarray, b: float = 0.0, mode: str = "sed") -> str:
