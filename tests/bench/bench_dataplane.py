@@ -232,12 +232,12 @@ def _timer_figures(ffi, lib, progress) -> dict[str, float]:
                             cfg.publish_interval_ns, b"bench", os.getpid())
         t = ffi.new("uint64_t *", 10**9)
         key = f"dp_timer_barrier_us_{workers}x{servers}"
-        out[key] = _median(lambda dp=dp, r=region, w=workers, s=servers:
+        out[key] = _median(lambda dp=dp, r=region, w=workers, s=servers, t=t:
                            lib.bench_timer(dp, r, w, s, t, 8, 0 if old else 1))
         progress(f"{key} = {out[key]:.1f}{' (old mlb_dp_timer)' if old else ''}")
         if not old and workers == 4:
             out["dp_worker_tick_us_64k"] = _median(
-                lambda dp=dp, r=region, w=workers, s=servers:
+                lambda dp=dp, r=region, w=workers, s=servers, t=t:
                 lib.bench_timer(dp, r, w, s, t, 8, 2))
             progress(f"dp_worker_tick_us_64k = {out['dp_worker_tick_us_64k']:.1f}")
     return out
