@@ -192,6 +192,20 @@ def test_untracked_flows_follow_a_weight_change_and_only_then() -> None:
                          ).pvalue > 1e-4
 
 
+def test_noflow_packets_go_by_the_hash_and_pin_nothing() -> None:
+    dp = make_dp(4, lib.MLB_MODE_WRANDOM, weights=[1, 2, 3, 4])
+    ks = keys(500, 12)
+    for k in ks:
+        for _ in range(3):
+            assert lib.mlb_dp_packet(dp, 0, k, SEC, 10, lib.MLB_PKT_NOFLOW) == \
+                lib.mlb_dp_fallback_lookup(dp, k)
+    st = stats(dp)
+    assert st.flows == 0 and st.closing == 0 and st.untracked_flows == 0
+    assert st.untracked_packets == 1500
+    assert sum(server(dp, i).packets for i in range(4)) == 1500
+    assert sum(server(dp, i).new_flows for i in range(4)) == 0
+
+
 # ---------- counters ----------
 
 def test_packets_and_drops_counted_once() -> None:

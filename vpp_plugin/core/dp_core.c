@@ -723,10 +723,10 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
     uint32_t base = bucket_of(key, wk->bucket_mask) * BUCKET;
     uint64_t *keys = wk->keys + base;
     const policy_t *p = worker_policy(dp, wk);
-    int end = (flags & (MLB_PKT_FIN | MLB_PKT_RST)) != 0;
+    int end = (flags & (MLB_PKT_FIN | MLB_PKT_RST | MLB_PKT_NOFLOW)) != 0;
     uint32_t slot = UINT32_MAX;
 
-    for (uint32_t i = 0; i < BUCKET; i++) {
+    for (uint32_t i = 0; i < BUCKET && !(flags & MLB_PKT_NOFLOW); i++) {
         if (keys[i] != key)
             continue;
         if (retire(dp, p, wk, base + i, now_ns)) {

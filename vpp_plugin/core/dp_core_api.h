@@ -48,6 +48,9 @@
 #define MLB_PKT_SYN 1
 #define MLB_PKT_FIN 2
 #define MLB_PKT_RST 4
+/* not a trackable flow (an IP fragment without ports, ICMP): forwarded by
+ * the consistent hash of flow_hash, counted, never pinned */
+#define MLB_PKT_NOFLOW 8
 
 /* negative results of mlb_dp_packet / mlb_dp_select */
 #define MLB_DP_NO_SERVER -1     /* no eligible server: drop */
