@@ -312,9 +312,9 @@ lb_rl_vip_add (const lb_rl_vip_args_t *a, u32 *vip_index)
 {
   lb_rl_main_t *lrm = &lb_rl_main;
   clib_error_t *err;
-  lb_rl_vip_t *v;
-  mlb_dp_t *dp;
+  lb_rl_vip_t *v, tmp = {};
   dpo_id_t dpo = DPO_INVALID;
+  u32 vi;
 
   if ((err = lb_rl_vip_check (a)))
     return err;
@@ -323,23 +323,32 @@ lb_rl_vip_add (const lb_rl_vip_args_t *a, u32 *vip_index)
       *vip_index = v - lrm->vips;
       return lb_rl_vip_update (v, a);
     }
-  dp = mlb_dp_create (&a->cfg);
-  if (!dp)
+  /* flow tables and region before the barrier: workers wait only for
+   * the pool, FIB and counter updates */
+  tmp.cfg = a->cfg;
+  tmp.dp = mlb_dp_create (&a->cfg);
+  if (!tmp.dp)
     return clib_error_return (0, "out of memory for the flow tables");
   /* a server is unusable until it has an address */
   for (u32 i = 0; i < a->cfg.n_servers; i++)
-    mlb_dp_set_server (dp, i, i, MLB_ADMIN_DOWN, 1.0);
+    mlb_dp_set_server (tmp.dp, i, i, MLB_ADMIN_DOWN, 1.0);
+  if ((err = lb_rl_region_open (&tmp, a->region_name)))
+    {
+      mlb_dp_destroy (tmp.dp);
+      lb_rl_region_close (&tmp);
+      return err;
+    }
+  tmp.vip = a->vip;
+  tmp.table_id = a->table_id;
+  tmp.encap = a->encap;
+  tmp.src = a->src;
+  tmp.dscp = a->dscp;
 
   /* the pool may move: workers must not be reading it */
   vlib_worker_thread_barrier_sync (lrm->vlib_main);
   pool_get_zero (lrm->vips, v);
-  v->vip = a->vip;
-  v->table_id = a->table_id;
-  v->encap = a->encap;
-  v->src = a->src;
-  v->dscp = a->dscp;
-  v->cfg = a->cfg;
-  v->dp = dp;
+  *v = tmp;
+  vi = v - lrm->vips;
   v->fib_index = fib_table_find_or_create_and_lock (FIB_PROTOCOL_IP4,
 						    a->table_id, lrm->fib_src);
   vec_validate (v->servers, a->cfg.n_servers - 1);
@@ -347,36 +356,29 @@ lb_rl_vip_add (const lb_rl_vip_args_t *a, u32 *vip_index)
     {
       lb_rl_server_t *s = &v->servers[i];
       fib_node_init (&s->fib_node, lrm->fib_node_type);
-      s->vip_index = v - lrm->vips;
+      s->vip_index = vi;
       s->server_index = i;
       s->fib_entry_index = FIB_NODE_INDEX_INVALID;
     }
-  err = lb_rl_region_open (v, a->region_name);
-  if (err)
-    {
-      lb_rl_vip_free (v);
-      vlib_worker_thread_barrier_release (lrm->vlib_main);
-      return err;
-    }
   for (u32 i = 0; i < LB_RL_N_VIP_CTR; i++)
     {
-      vlib_validate_combined_counter (&lrm->vip_counters[i], v - lrm->vips);
-      vlib_zero_combined_counter (&lrm->vip_counters[i], v - lrm->vips);
+      vlib_validate_combined_counter (&lrm->vip_counters[i], vi);
+      vlib_zero_combined_counter (&lrm->vip_counters[i], vi);
     }
   for (u32 i = 0; i < a->cfg.n_servers; i++)
     {
-      u32 ci = lb_rl_server_counter_index (v - lrm->vips, i);
+      u32 ci = lb_rl_server_counter_index (vi, i);
       vlib_validate_combined_counter (&lrm->server_counters, ci);
       vlib_zero_combined_counter (&lrm->server_counters, ci);
     }
   /* the VIP's /32 leads to lb-rl-ip4, as VPP's lb installs its VIPs */
   fib_prefix_t pfx = lb_rl_vip_prefix (v);
-  dpo_set (&dpo, lrm->dpo_type, DPO_PROTO_IP4, v - lrm->vips);
+  dpo_set (&dpo, lrm->dpo_type, DPO_PROTO_IP4, vi);
   fib_table_entry_special_dpo_add (v->fib_index, &pfx, lrm->fib_src,
 				   FIB_ENTRY_FLAG_EXCLUSIVE, &dpo);
   dpo_reset (&dpo);
   v->installed = 1;
-  *vip_index = v - lrm->vips;
+  *vip_index = vi;
   vlib_worker_thread_barrier_release (lrm->vlib_main);
   vlib_process_signal_event (lrm->vlib_main, lb_rl_process_node.index, 1, 0);
   return 0;
