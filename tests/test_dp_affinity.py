@@ -166,6 +166,32 @@ def test_untracked_flows_never_change_server_while_weights_stay(mode: int) -> No
     assert st.untracked_packets == 5 * len(untracked) + 200
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_untracked_flow_keeps_its_server_when_a_slot_frees(mode: int) -> None:
+    """An untracked connection's later packets (MIDFLOW: TCP without SYN)
+    are pinned where the consistent hash sent the earlier ones, not to a
+    fresh choice, when room appears in the table."""
+    n = 5
+    dp = make_dp(n, mode, capacity=64, idle_s=5.0, weights=[1, 2, 3, 4, 5], seed=mode)
+    pinned = keys(64 * 6, 50 + mode)
+    for k in pinned:
+        lib.mlb_dp_packet(dp, 0, k, SEC, 1, SYN)
+    extra = keys(3000, 60 + mode)
+    first = {k: lib.mlb_dp_packet(dp, 0, k, 2 * SEC, 1, SYN) for k in extra}
+    untracked = [k for k in extra if lib.mlb_dp_flow_state(dp, 0, k) == lib.MLB_DP_FLOW_NONE]
+    assert len(untracked) > 1000
+    # the first (pinned) flows idle out: their slots free up
+    for k in untracked:
+        s = lib.mlb_dp_packet(dp, 0, k, 6 * SEC + SEC // 2, 1, lib.MLB_PKT_MIDFLOW)
+        assert s == first[k]
+    now_pinned = [k for k in untracked
+                  if lib.mlb_dp_flow_state(dp, 0, k) == lib.MLB_DP_FLOW_OPEN]
+    assert len(now_pinned) > 20
+    for k in now_pinned:
+        assert lib.mlb_dp_flow_server(dp, 0, k) == first[k]
+        assert lib.mlb_dp_packet(dp, 0, k, 7 * SEC, 1, lib.MLB_PKT_MIDFLOW) == first[k]
+
+
 def test_untracked_shares_follow_the_weights() -> None:
     w = [1.0, 2.0, 3.0, 0.0, 4.0]
     dp = make_dp(5, lib.MLB_MODE_SED, weights=w)

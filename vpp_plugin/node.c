@@ -71,8 +71,9 @@ lb_rl_flow_hash (ip4_header_t *ip, u32 *flags)
     {
       tcp_header_t *tcp = ip4_next_header (ip);
       ports = ((u64) tcp->src_port << 16) | tcp->dst_port;
-      if (tcp->flags & TCP_FLAG_SYN)
-	*flags |= MLB_PKT_SYN;
+      /* without SYN: a connection under way (pinned to the consistent
+       * hash if the table lost or never held it) */
+      *flags |= (tcp->flags & TCP_FLAG_SYN) ? MLB_PKT_SYN : MLB_PKT_MIDFLOW;
       if (tcp->flags & TCP_FLAG_FIN)
 	*flags |= MLB_PKT_FIN;
       if (tcp->flags & TCP_FLAG_RST)

@@ -764,7 +764,8 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
         count_packet(wk, s, bytes);
         return s;
     }
-    int32_t s = select_new(dp, p, wk, key);
+    int32_t s = (flags & (MLB_PKT_MIDFLOW | MLB_PKT_SYN)) == MLB_PKT_MIDFLOW
+                    ? fallback_pick(dp, p, key) : select_new(dp, p, wk, key);
     if (s < 0) {
         wk->no_server++;
         return s;

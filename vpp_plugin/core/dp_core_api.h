@@ -51,6 +51,11 @@
 /* not a trackable flow (an IP fragment without ports, ICMP): forwarded by
  * the consistent hash of flow_hash, counted, never pinned */
 #define MLB_PKT_NOFLOW 8
+/* a packet of a connection already under way (TCP without SYN): if the
+ * table does not hold it, it was untracked (or its entry lost), so it is
+ * pinned to the consistent hash's server, where its earlier packets went,
+ * not to a fresh choice */
+#define MLB_PKT_MIDFLOW 16
 
 /* negative results of mlb_dp_packet / mlb_dp_select */
 #define MLB_DP_NO_SERVER -1     /* no eligible server: drop */
@@ -145,7 +150,8 @@ int mlb_dp_set_mode(mlb_dp_t *dp, uint32_t mode);
 
 /* One packet of a flow on worker `worker` at data-plane time now_ns.
  * Returns the server index, or MLB_DP_NO_SERVER / MLB_DP_BAD_ARG.
- * Unknown flow -> new flow (selected, pinned, counted) unless it is a lone
+ * Unknown flow -> new flow (selected, or with MLB_PKT_MIDFLOW the consistent
+ * hash's server; pinned, counted) unless it is a lone
  * FIN/RST (sent by the consistent hash, not pinned).  FIN or RST closes a
  * pinned flow: its FCT (now - first packet, in seconds) enters the server's
  * FCT reservoir exactly once; the entry keeps the server for the
