@@ -59,6 +59,8 @@ typedef struct {
 typedef struct {
     _Alignas(64) uint64_t *keys;   /* n_slots, 0 = empty */
     flow_t *flows;                 /* n_slots, parallel to keys */
+    uint8_t *cmask;                /* per bucket: which slots hold closed entries */
+    uint8_t *chand;                /* per bucket: where the next eviction looks */
     uint32_t bucket_mask;
     uint32_t n_flows;              /* open flows */
     uint32_t n_closed;             /* closed entries still held */
@@ -436,6 +438,8 @@ void mlb_dp_destroy(mlb_dp_t *dp)
             free(dp->wk[w].flows);
             free(dp->wk[w].samp);
             free(dp->wk[w].snap);
+            free(dp->wk[w].cmask);
+            free(dp->wk[w].chand);
         }
         free(dp->wk);
     }
@@ -482,7 +486,9 @@ mlb_dp_t *mlb_dp_create(const mlb_dp_config_t *cfg)
         wk->flows = calloc(dp->n_slots, sizeof(flow_t));
         wk->samp = calloc((size_t)cfg->n_servers * MLB_RES_KINDS, sizeof(mlb_sampler_t));
         wk->snap = calloc(1, sizeof(wsnap_t));
-        if (!wk->keys || !wk->flows || !wk->samp || !wk->snap)
+        wk->cmask = calloc(dp->n_slots / BUCKET, 1);
+        wk->chand = calloc(dp->n_slots / BUCKET, 1);
+        if (!wk->keys || !wk->flows || !wk->samp || !wk->snap || !wk->cmask || !wk->chand)
             goto fail;
         memset(wk->keys, 0, (size_t)dp->n_slots * sizeof(uint64_t));
         wk->bucket_mask = dp->n_slots / BUCKET - 1;
@@ -642,6 +648,7 @@ static void end_flow(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, uint32
         mlb_sampler_add_inline(&wk->samp[s * MLB_RES_KINDS + MLB_RES_FCT], now_ns, fct);
     }
     f->closed = 1;
+    wk->cmask[slot / BUCKET] |= (uint8_t)(1u << (slot % BUCKET));
     wk->n_flows--;
     wk->n_closed++;
 }
@@ -649,6 +656,7 @@ static void end_flow(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, uint32
 static inline void free_entry(worker_t *wk, uint32_t slot)
 {
     wk->keys[slot] = 0;
+    wk->cmask[slot / BUCKET] &= (uint8_t)~(1u << (slot % BUCKET));
     wk->n_closed--;
 }
 
@@ -684,27 +692,32 @@ static inline int retire(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, ui
     return 1;
 }
 
-/* A slot in the bucket for a new flow: empty, then run out, then the
- * closed entry idle longest (its connection's last packets lose nothing
- * but affinity, and only when the bucket is full of newer flows). */
+/* A slot in the bucket for a new flow: an empty one; else a closed entry,
+ * taken in turn from a per-bucket hand (about the oldest closed, without
+ * reading the flow records: its connection's last packets lose nothing but
+ * affinity, and only when the bucket is full of newer flows); else an open
+ * flow that has run out or whose server is DOWN. */
 static inline uint32_t find_slot(const mlb_dp_t *dp, const policy_t *p, worker_t *wk,
                                  uint32_t base, uint64_t now_ns)
 {
     const uint64_t *keys = wk->keys + base;
-    uint32_t oldest = UINT32_MAX;
+    uint32_t b = base / BUCKET;
     for (uint32_t i = 0; i < BUCKET; i++)
         if (keys[i] == 0)
             return base + i;
-    for (uint32_t i = 0; i < BUCKET; i++) {
+    uint32_t m = wk->cmask[b];
+    if (m) {
+        uint32_t h = wk->chand[b];
+        uint32_t rot = ((m >> h) | (m << (BUCKET - h))) & 0xFFu;
+        uint32_t i = (h + (uint32_t)__builtin_ctz(rot)) % BUCKET;
+        wk->chand[b] = (uint8_t)((i + 1) % BUCKET);
+        free_entry(wk, base + i);
+        return base + i;
+    }
+    for (uint32_t i = 0; i < BUCKET; i++)
         if (retire(dp, p, wk, base + i, now_ns))
             return base + i;
-        const flow_t *f = &wk->flows[base + i];
-        if (f->closed && (oldest == UINT32_MAX || f->last_ns < wk->flows[oldest].last_ns))
-            oldest = base + i;
-    }
-    if (oldest != UINT32_MAX)
-        free_entry(wk, oldest);
-    return oldest;
+    return UINT32_MAX;
 }
 
 static inline void count_packet(worker_t *wk, int32_t s, uint32_t bytes)
