@@ -17,7 +17,6 @@
  * copy) in mlb_dp_worker_tick; the control thread only reads snapshots a
  * worker has released (acquire/release on done_seq). */
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "dp_core.h"
@@ -983,13 +982,6 @@ static void snapshot(const mlb_dp_t *dp, const worker_t *wk, wsnap_t *o)
     memcpy(o->ctr, wk->ctr, n * sizeof(wctr_t));
 }
 
-/* A reservoir image: the header and the live samples only. */
-static inline void copy_res(mlb_reservoir_t *dst, const mlb_reservoir_t *src)
-{
-    size_t live = (size_t)src->count * sizeof(src->s[0]);
-    memcpy(dst, src, offsetof(mlb_reservoir_t, s) + live);
-}
-
 /* The end of a worker's tick: snapshot, and with an open msg_out copy its
  * reservoirs, after which the FCT samplers forget their count so they
  * track recent flows. */
@@ -1002,7 +994,7 @@ static void worker_publish(mlb_dp_t *dp, uint32_t w, mlb_msg_out_t *f)
     for (uint32_t i = 0; i < dp->n_servers; i++)
         for (uint32_t k = 0; k < MLB_RES_KINDS; k++) {
             mlb_sampler_t *s = &wk->samp[i * MLB_RES_KINDS + k];
-            copy_res(&f->res[w][i][k], &s->r);
+            f->res[w][i][k] = s->r;     /* whole image: any sample format */
             if (k == MLB_RES_FCT)
                 mlb_sampler_forget(s);
         }
