@@ -313,13 +313,16 @@ lb_rl_show_vip (vlib_main_t *vm, lb_rl_vip_t *v, int verbose)
 			     &steered);
   vlib_get_combined_counter (&lrm->vip_counters[LB_RL_VIP_CTR_DROPPED], vi,
 			     &dropped);
-  vlib_cli_output (vm, "[%u] vip %U table %u encap %s%s%U region %s "
+  u8 *encap_args = 0;
+  if (v->encap == LB_RL_ENCAP_GRE4)
+    encap_args = format (0, " src %U", format_ip4_address, &v->src);
+  else if (v->encap == LB_RL_ENCAP_L3DSR)
+    encap_args = format (0, " dscp %u", v->dscp);
+  vlib_cli_output (vm, "[%u] vip %U table %u encap %s%v region %s "
 		   "generation 0x%llx", vi, format_ip4_address, &v->vip,
-		   v->table_id, lb_rl_encap_name (v->encap),
-		   v->encap == LB_RL_ENCAP_GRE4 ? " src " : "",
-		   format_ip4_address, v->encap == LB_RL_ENCAP_GRE4 ?
-		   &v->src : &(ip4_address_t){}, v->region_name,
-		   v->dp_generation);
+		   v->table_id, lb_rl_encap_name (v->encap), encap_args,
+		   v->region_name, v->dp_generation);
+  vec_free (encap_args);
   vlib_cli_output (vm, "  mode %s (%s weights), steered %llu pkts %llu bytes, "
 		   "dropped %llu", lb_rl_mode_name (st.active_mode),
 		   st.weights_source == MLB_SRC_DAEMON ? "daemon" : "static",
