@@ -252,7 +252,13 @@ lb_rl_process (vlib_main_t *vm, vlib_node_runtime_t *rt, vlib_frame_t *f)
 					       lb_rl_tick_node.index);
 	}
       if (swapped)
-	vlib_worker_wait_one_loop ();
+	{
+	  /* wake sleeping (interrupt-mode) workers so their loops turn */
+	  for (u32 t = 1; t < vlib_get_n_threads (); t++)
+	    vlib_node_set_interrupt_pending (vlib_get_main_by_index (t),
+					     lb_rl_tick_node.index);
+	  vlib_worker_wait_one_loop ();
+	}
     }
   return 0;
 }
