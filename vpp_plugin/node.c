@@ -225,6 +225,40 @@ VLIB_REGISTER_NODE (lb_rl_tick_node) = {
  * released snapshots and swaps the policy by pointer; after a swap, one
  * worker loop passes before the next control call may rebuild the copy
  * the workers were using. */
+/* One control step for every VIP; returns non-zero while some worker has
+ * a tick to do (a publish is open). */
+static int
+lb_rl_control_all (vlib_main_t *vm)
+{
+  lb_rl_main_t *lrm = &lb_rl_main;
+  u64 now = lb_rl_now_ns (vm);
+  int swapped = 0, pending = 0;
+  lb_rl_vip_t *v;
+
+  pool_foreach (v, lrm->vips)
+    {
+      u64 epoch = mlb_dp_policy_epoch (v->dp);
+      mlb_dp_control (v->dp, v->region, now);
+      swapped |= mlb_dp_policy_epoch (v->dp) != epoch;
+      for (u32 t = 0; t < vlib_get_n_threads (); t++)
+	if (mlb_dp_worker_pending (v->dp, t))
+	  {
+	    vlib_node_set_interrupt_pending (vlib_get_main_by_index (t),
+					     lb_rl_tick_node.index);
+	    pending = 1;
+	  }
+    }
+  if (swapped)
+    {
+      /* wake sleeping (interrupt-mode) workers so their loops turn */
+      for (u32 t = 1; t < vlib_get_n_threads (); t++)
+	vlib_node_set_interrupt_pending (vlib_get_main_by_index (t),
+					 lb_rl_tick_node.index);
+      vlib_worker_wait_one_loop ();
+    }
+  return pending;
+}
+
 static uword
 lb_rl_process (vlib_main_t *vm, vlib_node_runtime_t *rt, vlib_frame_t *f)
 {
@@ -233,31 +267,15 @@ lb_rl_process (vlib_main_t *vm, vlib_node_runtime_t *rt, vlib_frame_t *f)
 
   while (1)
     {
-      u64 now;
-      int swapped = 0;
-      lb_rl_vip_t *v;
-
       vlib_process_wait_for_event_or_clock (vm, lrm->timer_interval);
       vlib_process_get_events (vm, &event_data);
       vec_reset_length (event_data);
-      now = lb_rl_now_ns (vm);
-      pool_foreach (v, lrm->vips)
+      /* a publish was opened: commit it as soon as the workers ticked,
+       * not a whole timer interval later */
+      if (lb_rl_control_all (vm))
 	{
-	  u64 epoch = mlb_dp_policy_epoch (v->dp);
-	  mlb_dp_control (v->dp, v->region, now);
-	  swapped |= mlb_dp_policy_epoch (v->dp) != epoch;
-	  for (u32 t = 0; t < vlib_get_n_threads (); t++)
-	    if (mlb_dp_worker_pending (v->dp, t))
-	      vlib_node_set_interrupt_pending (vlib_get_main_by_index (t),
-					       lb_rl_tick_node.index);
-	}
-      if (swapped)
-	{
-	  /* wake sleeping (interrupt-mode) workers so their loops turn */
-	  for (u32 t = 1; t < vlib_get_n_threads (); t++)
-	    vlib_node_set_interrupt_pending (vlib_get_main_by_index (t),
-					     lb_rl_tick_node.index);
-	  vlib_worker_wait_one_loop ();
+	  vlib_process_suspend (vm, 1e-3);
+	  lb_rl_control_all (vm);
 	}
     }
   return 0;
