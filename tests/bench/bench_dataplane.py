@@ -12,7 +12,10 @@ Figures (ns per call, median of repeats):
   flow_lookup_ns       mlb_dp_packet() for a pinned flow (lookup + counters)
   new_flow_ns_sed_64   mlb_dp_packet() for a new flow (lookup miss, SED,
                        insert, tree update) plus the FIN of an older one
-                       (end, tree update, FCT sample): a whole flow's cost
+                       (end, tree update, FCT sample): a whole flow's cost;
+                       since issue 13 a FIN keeps the entry (closed), so in
+                       steady state the table is full and each new flow
+                       takes a closed entry's slot
   new_flow_ns_sed_256  the same with 256 servers
   dp_timer_barrier_us_4x16   us per publish interval that the timer holds
   dp_timer_barrier_us_16x64  every worker (stop-the-world), at 4 workers x 16
