@@ -12,15 +12,38 @@ Figures (ns per call, median of repeats):
   flow_lookup_ns       mlb_dp_packet() for a pinned flow (lookup + counters)
   new_flow_ns_sed_64   mlb_dp_packet() for a new flow (lookup miss, SED,
                        insert, tree update) plus the FIN of an older one
-                       (end, tree update, FCT sample): a whole flow's cost
+                       (end, tree update, FCT sample): a whole flow's cost;
+                       since issue 13 a FIN keeps the entry (closed), so in
+                       steady state the table is full and each new flow
+                       takes a closed entry's slot
   new_flow_ns_sed_256  the same with 256 servers
+  dp_timer_barrier_us_4x16   us per publish interval that the timer holds
+  dp_timer_barrier_us_16x64  every worker (stop-the-world), at 4 workers x 16
+                       servers and 16 x 64, 64 Ki slots per worker, half full,
+                       a fresh msg_in every interval.  Since issue 13 the VPP
+                       glue takes no barrier per tick: workers tick themselves
+                       and the control step runs beside them, so the honest
+                       figure is 0; what is timed is the control step
+                       (mlb_dp_control: apply + policy swap + msg_out from the
+                       workers' snapshots), the most a barrier would hold if
+                       a glue still took one around it.  With
+                       MARLLB_BENCH_OLD_TIMER=1 the single-threaded
+                       mlb_dp_timer (sweep of every table + publish, what the
+                       glue held the barrier for before) is timed instead.
+  dp_worker_tick_us_64k the mean step of a worker's own tick (the sweep goes
+                       4096 slots per step, 16 steps for 64 Ki slots; the last
+                       step adds the counter snapshot and reservoirs into
+                       msg_out): a pause of that worker alone, between two of
+                       its packet frames
 Goals (issue 3): select_ns_sed_64 <= 100, select_ns_alias_64 <= 20,
-flow_lookup_ns <= 50.
+flow_lookup_ns <= 50.  Issue 13: dp_timer_barrier_us_4x16 <= 50,
+dp_timer_barrier_us_16x64 <= 200.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +57,9 @@ CDEF = """
 double bench_select(mlb_dp_t *dp, uint64_t iters);
 double bench_lookup(mlb_dp_t *dp, const uint64_t *keys, uint64_t nkeys, uint64_t iters);
 double bench_new_flow(mlb_dp_t *dp, uint64_t iters, uint64_t window);
+void bench_fill(mlb_dp_t *dp, uint32_t workers, uint64_t per_worker);
+double bench_timer(mlb_dp_t *dp, mlb_region_t *r, uint32_t workers, uint32_t servers,
+                   uint64_t *t, int calls, int kind);
 """
 
 SOURCE = r"""
@@ -93,6 +119,66 @@ double bench_new_flow(mlb_dp_t *dp, uint64_t iters, uint64_t window)
     sink = acc;
     return (t1 - t0) / (double)iters;
 }
+
+void bench_fill(mlb_dp_t *dp, uint32_t workers, uint64_t per_worker)
+{
+    for (uint32_t w = 0; w < workers; w++)
+        for (uint64_t i = 0; i < per_worker; i++)
+            mlb_dp_packet(dp, w, (w * per_worker + i + 1) * 0x9e3779b97f4a7c15ull,
+                          1000000000ull, 100, MLB_PKT_SYN);
+}
+
+static void write_in(mlb_region_t *r, uint32_t servers, uint64_t t, uint64_t seq)
+{
+    mlb_msg_in_t *m = mlb_in_begin(r);
+    m->daemon_gen = 7;
+    m->msg_seq = seq;
+    m->dp_gen = r->hdr.dp_generation;
+    m->dp_t_ns = t;
+    m->ttl_ns = 5000000000ull;
+    m->mode = MLB_MODE_NONE;
+    m->n_servers = servers;
+    for (uint32_t i = 0; i < servers; i++)
+        m->weight[i] = 1.0 + (double)((seq + i) % 7);
+    mlb_in_commit(r, m);
+}
+
+/* kind 0: mlb_dp_timer (old glue: all under the barrier); kind 1: the
+ * control step(s) only (workers' ticks run untimed in between); kind 2:
+ * the mean worker-tick step.  Mean us per publish interval over `calls`. */
+double bench_timer(mlb_dp_t *dp, mlb_region_t *r, uint32_t workers, uint32_t servers,
+                   uint64_t *t, int calls, int kind)
+{
+    double total = 0.0;
+    for (int c = 0; c < calls; c++) {
+        *t += 250000000ull;
+        write_in(r, servers, *t - 1000000ull, *t);
+        double t0 = now_ns();
+#ifdef MLB_DP_TTL_MAX_MS
+        if (kind == 0) {
+            mlb_dp_timer(dp, r, *t);
+        } else {
+            mlb_dp_control(dp, r, *t);
+            double t1 = now_ns();
+            uint64_t steps = 0;
+            for (uint32_t w = 0; w < workers; w++)
+                for (steps++; mlb_dp_worker_tick(dp, w, *t) == 2; steps++)
+                    ;
+            double t2 = now_ns();
+            mlb_dp_control(dp, r, *t + 1000);
+            double t3 = now_ns();
+            total += kind == 1 ? (t1 - t0) + (t3 - t2) : (t2 - t1) / (double)steps;
+            continue;
+        }
+#else
+        (void)workers;
+        (void)kind;
+        mlb_dp_timer(dp, r, *t);
+#endif
+        total += now_ns() - t0;
+    }
+    return total / calls / 1000.0;
+}
 """
 
 
@@ -133,6 +219,33 @@ def _median(fn, repeats: int = REPEATS) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
 
+def _timer_figures(ffi, lib, progress) -> dict[str, float]:
+    old = os.environ.get("MARLLB_BENCH_OLD_TIMER") == "1" or \
+        not hasattr(lib, "mlb_dp_control")
+    out: dict[str, float] = {}
+    for workers, servers in [(4, 16), (16, 64)]:
+        cfg = ffi.new("mlb_dp_config_t *")
+        lib.mlb_dp_config_default(cfg, servers, workers)
+        cfg.flow_capacity = 1 << 16
+        cfg.idle_timeout_ns = 3600 * 10**9
+        dp = ffi.gc(lib.mlb_dp_create(cfg), lib.mlb_dp_destroy)
+        lib.bench_fill(dp, workers, 1 << 15)
+        region = ffi.new("mlb_region_t *")
+        lib.mlb_region_init(region, lib.mlb_region_size(), servers, workers, 99,
+                            cfg.publish_interval_ns, b"bench", os.getpid())
+        t = ffi.new("uint64_t *", 10**9)
+        key = f"dp_timer_barrier_us_{workers}x{servers}"
+        out[key] = _median(lambda dp=dp, r=region, w=workers, s=servers, t=t:
+                           lib.bench_timer(dp, r, w, s, t, 8, 0 if old else 1))
+        progress(f"{key} = {out[key]:.1f}{' (old mlb_dp_timer)' if old else ''}")
+        if not old and workers == 4:
+            out["dp_worker_tick_us_64k"] = _median(
+                lambda dp=dp, r=region, w=workers, s=servers, t=t:
+                lib.bench_timer(dp, r, w, s, t, 8, 2))
+            progress(f"dp_worker_tick_us_64k = {out['dp_worker_tick_us_64k']:.1f}")
+    return out
+
+
 def run(progress) -> dict[str, float]:
     import numpy as np
 
@@ -159,4 +272,5 @@ def run(progress) -> dict[str, float]:
         dp = _make_dp(ffi, lib, n, lib.MLB_MODE_SED, capacity=1 << 16)
         out[key] = _median(lambda dp=dp: lib.bench_new_flow(dp, 500_000, 5_000))
         progress(f"{key} = {out[key]:.1f}")
+    out.update(_timer_figures(ffi, lib, progress))
     return out

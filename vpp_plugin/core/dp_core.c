@@ -6,9 +6,16 @@
  * selection over the current policy.  No locks, no allocation, no logging.
  *
  * The policy (weights in force, SED inverse weights, alias table, Maglev
- * table) is double-buffered: the control thread builds the idle copy and
+ * tables) is double-buffered: the control thread builds the idle copy and
  * then swaps the index, so weight changes never touch the packet path and
- * never move a pinned flow. */
+ * never move a pinned flow.  Each worker rebuilds its own SED tournament
+ * tree when it first sees a new policy (its epoch), so the control thread
+ * never writes worker state.
+ *
+ * No stop-the-world per tick: a worker sweeps its own table and publishes
+ * its own snapshot (counters, reservoirs straight into the open msg_out
+ * copy) in mlb_dp_worker_tick; the control thread only reads snapshots a
+ * worker has released (acquire/release on done_seq). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,12 +25,14 @@
 #define MIN_SLOTS 64
 #define MAX_SLOTS (1u << 26)
 #define NONE16 0xFFFFu
+/* slots one worker-tick step sweeps: bounds a worker's own pause */
+#define SWEEP_CHUNK 4096u
 
 typedef struct {
     uint64_t first_ns;
     uint64_t last_ns;
     uint32_t server;
-    uint32_t _pad;
+    uint32_t closed;               /* FIN/RST seen: counted, kept for affinity */
 } flow_t;
 
 typedef struct {
@@ -34,16 +43,39 @@ typedef struct {
     uint64_t timeouts;
 } wctr_t;
 
+/* What a worker's tick publishes for the control thread. */
+typedef struct {
+    uint64_t untracked;
+    uint64_t untracked_pkts;
+    uint64_t down_evictions;
+    uint64_t no_server;
+    uint32_t n_flows;
+    uint32_t n_closed;
+    uint32_t active[MLB_MAX_SERVERS];
+    wctr_t ctr[MLB_MAX_SERVERS];
+} wsnap_t;
+
 typedef struct {
     _Alignas(64) uint64_t *keys;   /* n_slots, 0 = empty */
     flow_t *flows;                 /* n_slots, parallel to keys */
+    uint8_t *cmask;                /* per bucket: which slots hold closed entries */
+    uint8_t *chand;                /* per bucket: where the next eviction looks */
     uint32_t bucket_mask;
-    uint32_t n_flows;
+    uint32_t n_flows;              /* open flows */
+    uint32_t n_closed;             /* closed entries still held */
+    uint32_t _pad;
+    uint64_t tree_epoch;           /* policy epoch the tree was built for */
+    uint32_t sweep_pos;            /* next slot of the tick in progress */
+    uint32_t sweeping;             /* a tick is in progress */
     mlb_rng_t rng;
     uint64_t untracked;
+    uint64_t untracked_pkts;
     uint64_t down_evictions;
+    uint64_t no_server;
     mlb_sampler_t *samp;           /* [server][MLB_RES_KINDS] */
-    uint32_t active[MLB_MAX_SERVERS];
+    wsnap_t *snap;                 /* last tick's snapshot */
+    _Alignas(64) _Atomic uint64_t done_seq;   /* last tick request served */
+    _Alignas(64) uint32_t active[MLB_MAX_SERVERS];
     wctr_t ctr[MLB_MAX_SERVERS];
     /* SED/LSQ tournament tree over this worker's scores: leaf i holds
      * sc[i] = (active[i] + 1) * inv[i]; win[node] is the winning server of
@@ -69,7 +101,9 @@ typedef struct {
     double inv_sed[MLB_MAX_SERVERS];  /* 1/w for P2C comparisons */
     alias_t alias[MLB_MAX_SERVERS];
     uint16_t *maglev;                 /* maglev_size entries, NONE16 = no server */
-    uint64_t maglev_ids;              /* id_epoch the Maglev table was built for */
+    uint16_t *maglev_w;               /* the same, shares by weight: untracked flows */
+    uint64_t maglev_ids;              /* id_epoch the Maglev tables were built for */
+    uint64_t epoch;                   /* bumped on every build */
 } policy_t;
 
 struct mlb_dp {
@@ -108,6 +142,15 @@ struct mlb_dp {
     uint64_t last_age_ns;
     int aged_once;
     uint32_t last_apply;
+    uint64_t close_timeout_ns;
+    uint64_t epoch;                   /* policy builds so far */
+    /* publish in progress (mlb_dp_control): the msg_out copy the workers
+     * write their reservoirs into, and the tick request they answer */
+    _Atomic uint64_t req_seq;
+    mlb_msg_out_t *_Atomic pending;
+    uint64_t pending_ns;
+    int publishing;
+    uint64_t publish_waits;
     worker_t *wk;
 };
 
@@ -160,6 +203,7 @@ void mlb_dp_config_default(mlb_dp_config_t *cfg, uint32_t n_servers, uint32_t n_
     cfg->flow_capacity = 1u << 16;
     cfg->mode = MLB_MODE_SED;
     cfg->idle_timeout_ns = 40ull * 1000000000ull;
+    cfg->close_timeout_ns = 10ull * 1000000000ull;
     cfg->publish_interval_ns = 250ull * 1000000ull;
     cfg->seed = 0x6d6c6c62ull;
 }
@@ -177,15 +221,38 @@ int mlb_dp_config_check(const mlb_dp_config_t *cfg, const char **field)
         bad = "flow_capacity";
     else if (cfg->mode == MLB_MODE_NONE || cfg->mode >= MLB_MODE_COUNT)
         bad = "mode";
-    else if (cfg->idle_timeout_ns == 0)
+    else if (cfg->idle_timeout_ns == 0 ||
+             cfg->idle_timeout_ns > (uint64_t)MLB_DP_IDLE_MAX_S * 1000000000ull)
         bad = "idle_timeout_ns";
-    else if (cfg->publish_interval_ns == 0)
+    else if (cfg->close_timeout_ns == 0 ||
+             cfg->close_timeout_ns > (uint64_t)MLB_DP_IDLE_MAX_S * 1000000000ull)
+        bad = "close_timeout_ns";
+    else if (cfg->publish_interval_ns == 0 ||
+             cfg->publish_interval_ns > (uint64_t)MLB_DP_PUBLISH_MAX_MS * 1000000ull)
         bad = "publish_interval_ns";
     else if (cfg->maglev_size > (1u << 24))
         bad = "maglev_size";
     if (field)
         *field = bad;
     return bad ? MLB_ERR_ARG : MLB_OK;
+}
+
+int mlb_dp_check_seconds(double seconds, double max_s, uint64_t *ns)
+{
+    /* written so NaN fails too */
+    if (!(seconds > 0.0) || !(seconds <= max_s) || !(max_s <= 1e9))
+        return MLB_ERR_ARG;
+    uint64_t v = (uint64_t)(seconds * 1e9);
+    if (v == 0)
+        return MLB_ERR_ARG;
+    if (ns)
+        *ns = v;
+    return MLB_OK;
+}
+
+int mlb_dp_check_timer_ms(double ms)
+{
+    return ms >= MLB_DP_TIMER_MIN_MS && ms <= MLB_DP_TIMER_MAX_MS ? MLB_OK : MLB_ERR_ARG;
 }
 
 /* ---------- policy build (control thread only) ---------- */
@@ -247,13 +314,20 @@ static void build_alias(alias_t *a, const double *w, const uint8_t *elig, uint32
 }
 
 /* Maglev population: each eligible server walks its own permutation of the
- * table (offset, skip from its id) taking the next free slot in turn. */
+ * table (offset, skip from its id) taking the next free slot in turn.  With
+ * weights w (NULL: equal shares) a server takes a turn each time its credit
+ * w / max(w) adds up to one, so the heaviest takes every turn and the table
+ * fills in proportion to the weights; the same inputs give the same table. */
 static void build_maglev(uint16_t *t, uint32_t m, const uint32_t *ids,
-                         const uint8_t *elig, uint32_t n)
+                         const uint8_t *elig, const double *w, uint32_t n)
 {
     uint32_t pos[MLB_MAX_SERVERS], skip[MLB_MAX_SERVERS], list[MLB_MAX_SERVERS], k = 0;
+    double share[MLB_MAX_SERVERS], credit[MLB_MAX_SERVERS], wmax = 0.0;
     for (uint32_t i = 0; i < m; i++)
         t[i] = NONE16;
+    for (uint32_t i = 0; i < n; i++)
+        if (elig[i] && w && w[i] > wmax)
+            wmax = w[i];
     for (uint32_t i = 0; i < n; i++) {
         if (!elig[i])
             continue;
@@ -261,6 +335,8 @@ static void build_maglev(uint16_t *t, uint32_t m, const uint32_t *ids,
         list[k] = i;
         pos[k] = (uint32_t)((h >> 32) % m);
         skip[k] = (uint32_t)((h & 0xffffffffu) % (m - 1)) + 1;
+        share[k] = w && wmax > 0.0 ? w[i] / wmax : 1.0;
+        credit[k] = 0.0;
         k++;
     }
     if (k == 0)
@@ -268,6 +344,10 @@ static void build_maglev(uint16_t *t, uint32_t m, const uint32_t *ids,
     uint32_t filled = 0;
     for (;;) {
         for (uint32_t j = 0; j < k; j++) {
+            credit[j] += share[j];
+            if (credit[j] < 1.0)
+                continue;
+            credit[j] -= 1.0;
             uint32_t c = pos[j];
             while (t[c] != NONE16) {
                 c += skip[j];
@@ -327,17 +407,21 @@ static void rebuild(mlb_dp_t *dp)
                                                      : p->inv_sed[i];
     }
     build_alias(p->alias, w, p->elig, n);
-    if (memcmp(p->elig, old->elig, n) == 0 && old->maglev[0] != NONE16 &&
-        old->maglev_ids == dp->id_epoch)
+    int same_set = memcmp(p->elig, old->elig, n) == 0 && old->maglev[0] != NONE16 &&
+                   old->maglev_ids == dp->id_epoch;
+    if (same_set)
         memcpy(p->maglev, old->maglev, dp->maglev_size * sizeof(uint16_t));
     else
-        build_maglev(p->maglev, dp->maglev_size, dp->id, p->elig, n);
+        build_maglev(p->maglev, dp->maglev_size, dp->id, p->elig, NULL, n);
+    /* weights unchanged: the same table (untracked flows stay put) */
+    if (same_set && memcmp(p->weight, old->weight, n * sizeof(double)) == 0)
+        memcpy(p->maglev_w, old->maglev_w, dp->maglev_size * sizeof(uint16_t));
+    else
+        build_maglev(p->maglev_w, dp->maglev_size, dp->id, p->elig, p->weight, n);
     p->maglev_ids = dp->id_epoch;
     p->tree = p->mode == MLB_MODE_SED || p->mode == MLB_MODE_LEAST_ACTIVE;
-    /* control thread, no worker inside mlb_dp_packet: safe to rebuild */
-    if (p->tree)
-        for (uint32_t w = 0; w < dp->n_workers; w++)
-            tree_build(&dp->wk[w], p, n, dp->tree_leaves);
+    p->epoch = ++dp->epoch;
+    /* workers rebuild their trees when they first see this epoch */
     atomic_store_explicit(&dp->cur, cur ^ 1, memory_order_release);
 }
 
@@ -352,11 +436,16 @@ void mlb_dp_destroy(mlb_dp_t *dp)
             free(dp->wk[w].keys);
             free(dp->wk[w].flows);
             free(dp->wk[w].samp);
+            free(dp->wk[w].snap);
+            free(dp->wk[w].cmask);
+            free(dp->wk[w].chand);
         }
         free(dp->wk);
     }
-    free(dp->pol[0].maglev);
-    free(dp->pol[1].maglev);
+    for (int i = 0; i < 2; i++) {
+        free(dp->pol[i].maglev);
+        free(dp->pol[i].maglev_w);
+    }
     free(dp);
 }
 
@@ -377,9 +466,12 @@ mlb_dp_t *mlb_dp_create(const mlb_dp_config_t *cfg)
         dp->tree_leaves <<= 1;
     dp->cfg_mode = cfg->mode;
     dp->source = MLB_SRC_STATIC;
+    dp->close_timeout_ns = cfg->close_timeout_ns < cfg->idle_timeout_ns
+                               ? cfg->close_timeout_ns : cfg->idle_timeout_ns;
     for (int i = 0; i < 2; i++) {
         dp->pol[i].maglev = malloc(dp->maglev_size * sizeof(uint16_t));
-        if (!dp->pol[i].maglev)
+        dp->pol[i].maglev_w = malloc(dp->maglev_size * sizeof(uint16_t));
+        if (!dp->pol[i].maglev || !dp->pol[i].maglev_w)
             goto fail;
         dp->pol[i].maglev[0] = NONE16;
     }
@@ -392,7 +484,10 @@ mlb_dp_t *mlb_dp_create(const mlb_dp_config_t *cfg)
         wk->keys = aligned_alloc(64, (size_t)dp->n_slots * sizeof(uint64_t));
         wk->flows = calloc(dp->n_slots, sizeof(flow_t));
         wk->samp = calloc((size_t)cfg->n_servers * MLB_RES_KINDS, sizeof(mlb_sampler_t));
-        if (!wk->keys || !wk->flows || !wk->samp)
+        wk->snap = calloc(1, sizeof(wsnap_t));
+        wk->cmask = calloc(dp->n_slots / BUCKET, 1);
+        wk->chand = calloc(dp->n_slots / BUCKET, 1);
+        if (!wk->keys || !wk->flows || !wk->samp || !wk->snap || !wk->cmask || !wk->chand)
             goto fail;
         memset(wk->keys, 0, (size_t)dp->n_slots * sizeof(uint64_t));
         wk->bucket_mask = dp->n_slots / BUCKET - 1;
@@ -447,10 +542,20 @@ static inline uint32_t alias_draw(const policy_t *p, mlb_rng_t *rng, uint32_t n)
     return (r & 0xffffffffu) < p->alias[i].thresh ? i : p->alias[i].alias;
 }
 
-static inline int32_t maglev_pick(const policy_t *p, uint32_t m, uint64_t h)
+static inline int32_t maglev_pick(const uint16_t *t, uint32_t m, uint64_t h)
 {
-    uint16_t s = p->maglev[((h >> 32) * (uint64_t)m) >> 32];
+    uint16_t s = t[((h >> 32) * (uint64_t)m) >> 32];
     return s == NONE16 ? MLB_DP_NO_SERVER : (int32_t)s;
+}
+
+/* Where a flow the table does not hold goes: the same server for the same
+ * hash while weights and admin states stay (HASH mode: its own table). */
+static inline int32_t fallback_pick(const mlb_dp_t *dp, const policy_t *p, uint64_t h)
+{
+    if (p->n_elig == 0)
+        return MLB_DP_NO_SERVER;
+    return maglev_pick(p->mode == MLB_MODE_HASH ? p->maglev : p->maglev_w,
+                       dp->maglev_size, h);
 }
 
 static inline int32_t select_new(const mlb_dp_t *dp, const policy_t *p, worker_t *wk,
@@ -463,7 +568,7 @@ static inline int32_t select_new(const mlb_dp_t *dp, const policy_t *p, worker_t
     case MLB_MODE_WRANDOM:
         return (int32_t)alias_draw(p, &wk->rng, n);
     case MLB_MODE_HASH:
-        return maglev_pick(p, dp->maglev_size, h);
+        return maglev_pick(p->maglev, dp->maglev_size, h);
     case MLB_MODE_P2C: {
         uint32_t a = alias_draw(p, &wk->rng, n), b = alias_draw(p, &wk->rng, n);
         double sa = (double)(wk->active[a] + 1u) * p->inv_sed[a];
@@ -484,16 +589,35 @@ static inline const policy_t *policy_now(const mlb_dp_t *dp)
     return &dp->pol[atomic_load_explicit(&dp->cur, memory_order_acquire)];
 }
 
+/* The policy for this worker's next step, its tree rebuilt (by the worker
+ * itself) the first time it sees a new policy. */
+static inline const policy_t *worker_policy(const mlb_dp_t *dp, worker_t *wk)
+{
+    const policy_t *p = policy_now(dp);
+    if (__builtin_expect(wk->tree_epoch != p->epoch, 0)) {
+        if (p->tree)
+            tree_build(wk, p, dp->n_servers, dp->tree_leaves);
+        wk->tree_epoch = p->epoch;
+    }
+    return p;
+}
+
 int32_t mlb_dp_select(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash)
 {
     if (worker >= dp->n_workers)
         return MLB_DP_BAD_ARG;
-    return select_new(dp, policy_now(dp), &dp->wk[worker], flow_hash);
+    worker_t *wk = &dp->wk[worker];
+    return select_new(dp, worker_policy(dp, wk), wk, flow_hash);
 }
 
 int32_t mlb_dp_hash_lookup(const mlb_dp_t *dp, uint64_t flow_hash)
 {
-    return maglev_pick(policy_now(dp), dp->maglev_size, flow_hash);
+    return maglev_pick(policy_now(dp)->maglev, dp->maglev_size, flow_hash);
+}
+
+int32_t mlb_dp_fallback_lookup(const mlb_dp_t *dp, uint64_t flow_hash)
+{
+    return fallback_pick(dp, policy_now(dp), flow_hash ? flow_hash : 1);
 }
 
 /* ---------- flow table ---------- */
@@ -502,6 +626,8 @@ int32_t mlb_dp_hash_lookup(const mlb_dp_t *dp, uint64_t flow_hash)
 #define END_TIMEOUT 1
 #define END_DOWN 2
 
+/* An open flow ends (counted once): active, tree, counters, FCT sample.
+ * The entry itself stays (closed) until free_entry. */
 static void end_flow(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, uint32_t slot,
                      uint64_t now_ns, int why)
 {
@@ -520,8 +646,17 @@ static void end_flow(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, uint32
         double fct = end > f->first_ns ? (double)(end - f->first_ns) * 1e-9 : 0.0;
         mlb_sampler_add_inline(&wk->samp[s * MLB_RES_KINDS + MLB_RES_FCT], now_ns, fct);
     }
-    wk->keys[slot] = 0;
+    f->closed = 1;
+    wk->cmask[slot / BUCKET] |= (uint8_t)(1u << (slot % BUCKET));
     wk->n_flows--;
+    wk->n_closed++;
+}
+
+static inline void free_entry(worker_t *wk, uint32_t slot)
+{
+    wk->keys[slot] = 0;
+    wk->cmask[slot / BUCKET] &= (uint8_t)~(1u << (slot % BUCKET));
+    wk->n_closed--;
 }
 
 /* Fibonacci hashing: the bucket comes from all bits of the key, so callers
@@ -531,9 +666,63 @@ static inline uint32_t bucket_of(uint64_t key, uint32_t mask)
     return (uint32_t)((key * 0x9e3779b97f4a7c15ull) >> 32) & mask;
 }
 
-static inline int idle(const flow_t *f, uint64_t now_ns, uint64_t timeout)
+static inline int expired(const mlb_dp_t *dp, const flow_t *f, uint64_t now_ns)
 {
+    uint64_t timeout = f->closed ? dp->close_timeout_ns : dp->cfg.idle_timeout_ns;
     return now_ns > f->last_ns && now_ns - f->last_ns >= timeout;
+}
+
+/* Drop an entry that has run out or whose server is DOWN (ending it first
+ * if it is open).  Returns 1 if the slot is now free. */
+static inline int retire(const mlb_dp_t *dp, const policy_t *p, worker_t *wk, uint32_t slot,
+                         uint64_t now_ns)
+{
+    flow_t *f = &wk->flows[slot];
+    int why;
+    if (expired(dp, f, now_ns))
+        why = END_TIMEOUT;
+    else if (dp->admin[f->server] == MLB_ADMIN_DOWN)
+        why = END_DOWN;
+    else
+        return 0;
+    if (!f->closed)
+        end_flow(dp, p, wk, slot, now_ns, why);
+    free_entry(wk, slot);
+    return 1;
+}
+
+/* A slot in the bucket for a new flow: an empty one; else a closed entry,
+ * taken in turn from a per-bucket hand (about the oldest closed, without
+ * reading the flow records: its connection's last packets lose nothing but
+ * affinity, and only when the bucket is full of newer flows); else an open
+ * flow that has run out or whose server is DOWN. */
+static inline uint32_t find_slot(const mlb_dp_t *dp, const policy_t *p, worker_t *wk,
+                                 uint32_t base, uint64_t now_ns)
+{
+    const uint64_t *keys = wk->keys + base;
+    uint32_t b = base / BUCKET;
+    for (uint32_t i = 0; i < BUCKET; i++)
+        if (keys[i] == 0)
+            return base + i;
+    uint32_t m = wk->cmask[b];
+    if (m) {
+        uint32_t h = wk->chand[b];
+        uint32_t rot = ((m >> h) | (m << (BUCKET - h))) & 0xFFu;
+        uint32_t i = (h + (uint32_t)__builtin_ctz(rot)) % BUCKET;
+        wk->chand[b] = (uint8_t)((i + 1) % BUCKET);
+        free_entry(wk, base + i);
+        return base + i;
+    }
+    for (uint32_t i = 0; i < BUCKET; i++)
+        if (retire(dp, p, wk, base + i, now_ns))
+            return base + i;
+    return UINT32_MAX;
+}
+
+static inline void count_packet(worker_t *wk, int32_t s, uint32_t bytes)
+{
+    wk->ctr[s].packets++;
+    wk->ctr[s].bytes += bytes;
 }
 
 int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
@@ -545,61 +734,62 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
     uint64_t key = flow_hash ? flow_hash : 1;
     uint32_t base = bucket_of(key, wk->bucket_mask) * BUCKET;
     uint64_t *keys = wk->keys + base;
-    uint64_t timeout = dp->cfg.idle_timeout_ns;
-    const policy_t *p = policy_now(dp);
-    int end = (flags & (MLB_PKT_FIN | MLB_PKT_RST)) != 0;
+    const policy_t *p = worker_policy(dp, wk);
+    int end = (flags & (MLB_PKT_FIN | MLB_PKT_RST | MLB_PKT_NOFLOW)) != 0;
+    uint32_t slot = UINT32_MAX;
 
-    for (uint32_t i = 0; i < BUCKET; i++) {
+    for (uint32_t i = 0; i < BUCKET && !(flags & MLB_PKT_NOFLOW); i++) {
         if (keys[i] != key)
             continue;
-        uint32_t slot = base + i;
-        flow_t *f = &wk->flows[slot];
-        uint32_t s = f->server;
-        if (idle(f, now_ns, timeout)) {
-            end_flow(dp, p, wk, slot, now_ns, END_TIMEOUT);
-        } else if (dp->admin[s] == MLB_ADMIN_DOWN) {
-            end_flow(dp, p, wk, slot, now_ns, END_DOWN);
-        } else {
-            f->last_ns = now_ns;
-            wk->ctr[s].packets++;
-            wk->ctr[s].bytes += bytes;
-            if (end)
-                end_flow(dp, p, wk, slot, now_ns, END_FIN);
-            return (int32_t)s;
-        }
-        break;
-    }
-
-    int32_t s = select_new(dp, p, wk, key);
-    if (s < 0)
-        return s;
-    wk->ctr[s].packets++;
-    wk->ctr[s].bytes += bytes;
-    if (end)                 /* a lone FIN/RST: forward, do not pin */
-        return s;
-    wk->ctr[s].new_flows++;
-    uint32_t free_slot = UINT32_MAX;
-    for (uint32_t i = 0; i < BUCKET; i++)
-        if (keys[i] == 0) {
-            free_slot = base + i;
+        if (retire(dp, p, wk, base + i, now_ns)) {
+            slot = base + i;               /* reuse it for the new flow */
             break;
         }
-    if (free_slot == UINT32_MAX)
-        for (uint32_t i = 0; i < BUCKET; i++)
-            if (idle(&wk->flows[base + i], now_ns, timeout)) {
-                end_flow(dp, p, wk, base + i, now_ns, END_TIMEOUT);
-                free_slot = base + i;
-                break;
-            }
-    if (free_slot == UINT32_MAX) {
-        wk->untracked++;
+        flow_t *f = &wk->flows[base + i];
+        int32_t s = (int32_t)f->server;
+        if (f->closed && (flags & MLB_PKT_SYN) && !end) {
+            free_entry(wk, base + i);      /* a new connection on the same tuple */
+            slot = base + i;
+            break;
+        }
+        f->last_ns = now_ns;
+        count_packet(wk, s, bytes);
+        if (end && !f->closed)
+            end_flow(dp, p, wk, base + i, now_ns, END_FIN);
         return s;
     }
-    wk->keys[free_slot] = key;
-    flow_t *f = &wk->flows[free_slot];
+
+    if (!end && slot == UINT32_MAX)
+        slot = find_slot(dp, p, wk, base, now_ns);
+    if (end || slot == UINT32_MAX) {
+        /* a lone FIN/RST, or no room: the consistent hash, not pinned */
+        int32_t s = fallback_pick(dp, p, key);
+        if (s < 0) {
+            wk->no_server++;
+            return s;
+        }
+        if (!end) {
+            wk->untracked++;
+            wk->ctr[s].new_flows++;
+        }
+        wk->untracked_pkts++;
+        count_packet(wk, s, bytes);
+        return s;
+    }
+    int32_t s = (flags & (MLB_PKT_MIDFLOW | MLB_PKT_SYN)) == MLB_PKT_MIDFLOW
+                    ? fallback_pick(dp, p, key) : select_new(dp, p, wk, key);
+    if (s < 0) {
+        wk->no_server++;
+        return s;
+    }
+    count_packet(wk, s, bytes);
+    wk->ctr[s].new_flows++;
+    wk->keys[slot] = key;
+    flow_t *f = &wk->flows[slot];
     f->first_ns = now_ns;
     f->last_ns = now_ns;
     f->server = (uint32_t)s;
+    f->closed = 0;
     wk->active[s]++;
     if (p->tree)
         tree_update(wk, p, dp->tree_leaves, (uint32_t)s);
@@ -607,31 +797,36 @@ int32_t mlb_dp_packet(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
     return s;
 }
 
+static void reset_ages(const mlb_dp_t *dp, worker_t *wk)
+{
+    for (uint32_t i = 0; i < dp->n_servers; i++)
+        mlb_sampler_reset(&wk->samp[i * MLB_RES_KINDS + MLB_RES_AGE]);
+}
+
+/* Slots [from, to): retire what ran out or is DOWN, sample open flows' ages. */
+static void sweep_range(const mlb_dp_t *dp, worker_t *wk, const policy_t *p, uint64_t now_ns,
+                        int sample_ages, uint32_t from, uint32_t to)
+{
+    for (uint32_t slot = from; slot < to; slot++) {
+        if (wk->keys[slot] == 0 || retire(dp, p, wk, slot, now_ns))
+            continue;
+        const flow_t *f = &wk->flows[slot];
+        if (sample_ages && !f->closed)
+            mlb_sampler_add_inline(&wk->samp[f->server * MLB_RES_KINDS + MLB_RES_AGE], now_ns,
+                                   now_ns > f->first_ns ? (double)(now_ns - f->first_ns) * 1e-9
+                                                        : 0.0);
+    }
+}
+
 void mlb_dp_sweep(mlb_dp_t *dp, uint32_t worker, uint64_t now_ns, int sample_ages)
 {
     if (worker >= dp->n_workers)
         return;
     worker_t *wk = &dp->wk[worker];
-    const policy_t *p = policy_now(dp);
-    uint64_t timeout = dp->cfg.idle_timeout_ns;
     if (sample_ages)
-        for (uint32_t i = 0; i < dp->n_servers; i++)
-            mlb_sampler_reset(&wk->samp[i * MLB_RES_KINDS + MLB_RES_AGE]);
-    if (wk->n_flows == 0)
-        return;
-    for (uint32_t slot = 0; slot < dp->n_slots; slot++) {
-        if (wk->keys[slot] == 0)
-            continue;
-        flow_t *f = &wk->flows[slot];
-        if (idle(f, now_ns, timeout))
-            end_flow(dp, p, wk, slot, now_ns, END_TIMEOUT);
-        else if (dp->admin[f->server] == MLB_ADMIN_DOWN)
-            end_flow(dp, p, wk, slot, now_ns, END_DOWN);
-        else if (sample_ages)
-            mlb_sampler_add_inline(&wk->samp[f->server * MLB_RES_KINDS + MLB_RES_AGE], now_ns,
-                                   now_ns > f->first_ns ? (double)(now_ns - f->first_ns) * 1e-9
-                                                        : 0.0);
-    }
+        reset_ages(dp, wk);
+    if (wk->n_flows || wk->n_closed)
+        sweep_range(dp, wk, worker_policy(dp, wk), now_ns, sample_ages, 0, dp->n_slots);
 }
 
 int32_t mlb_dp_flow_server(const mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash)
@@ -647,15 +842,29 @@ int32_t mlb_dp_flow_server(const mlb_dp_t *dp, uint32_t worker, uint64_t flow_ha
     return MLB_DP_NO_FLOW;
 }
 
-/* ---------- msg_in apply ---------- */
+int mlb_dp_flow_state(const mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash)
+{
+    if (worker >= dp->n_workers)
+        return MLB_DP_BAD_ARG;
+    const worker_t *wk = &dp->wk[worker];
+    uint64_t key = flow_hash ? flow_hash : 1;
+    uint32_t base = bucket_of(key, wk->bucket_mask) * BUCKET;
+    for (uint32_t i = 0; i < BUCKET; i++)
+        if (wk->keys[base + i] == key)
+            return wk->flows[base + i].closed ? MLB_DP_FLOW_CLOSED : MLB_DP_FLOW_OPEN;
+    return MLB_DP_FLOW_NONE;
+}
 
-static void fall_back(mlb_dp_t *dp)
+/* ---------- msg_in apply (control thread) ---------- */
+
+/* Switch to static weights; the caller rebuilds (once per call). */
+static int fall_back(mlb_dp_t *dp)
 {
     if (dp->source != MLB_SRC_DAEMON)
-        return;
+        return 0;
     dp->source = MLB_SRC_STATIC;
     dp->fallbacks++;
-    rebuild(dp);
+    return 1;
 }
 
 static int weights_ok(const mlb_dp_t *dp, const mlb_msg_in_t *m)
@@ -676,7 +885,9 @@ static int weights_ok(const mlb_dp_t *dp, const mlb_msg_in_t *m)
     return have_up ? any_up : any;
 }
 
-int mlb_dp_apply(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+/* Apply the latest msg_in without rebuilding; *dirty set when the policy
+ * must be rebuilt. */
+static int apply_in(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns, int *dirty)
 {
     uint64_t p = mlb_region_load_u64(&region->hdr.in_published);
     if (p == 0 || p == dp->in_seen_p)
@@ -691,39 +902,287 @@ int mlb_dp_apply(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
             return MLB_APPLY_NONE;      /* the same message again */
         if (m->msg_seq < dp->seen_seq) {
             dp->rej_stale++;
-            fall_back(dp);
+            *dirty |= fall_back(dp);
             return MLB_APPLY_REJ_STALE;
         }
     }
     dp->have_seen = 1;
     dp->seen_gen = m->daemon_gen;
     dp->seen_seq = m->msg_seq;
+    /* the daemon's TTL, but never longer than the compiled-in cap */
+    uint64_t ttl = m->ttl_ns;
+    if (ttl > (uint64_t)MLB_DP_TTL_MAX_MS * 1000000ull)
+        ttl = (uint64_t)MLB_DP_TTL_MAX_MS * 1000000ull;
     if (m->dp_gen != region->hdr.dp_generation) {
         dp->rej_gen++;
         rc = MLB_APPLY_REJ_GEN;
     } else if (m->dp_t_ns > now_ns || !weights_ok(dp, m)) {
         dp->rej_invalid++;
         rc = MLB_APPLY_REJ_INVALID;
-    } else if (now_ns - m->dp_t_ns > m->ttl_ns) {
+    } else if (now_ns - m->dp_t_ns > ttl) {
         dp->rej_stale++;
         rc = MLB_APPLY_REJ_STALE;
     } else {
         memcpy(dp->daemon_w, m->weight, dp->n_servers * sizeof(double));
         dp->daemon_mode = m->mode == MLB_MODE_NONE ? dp->cfg_mode : m->mode;
         dp->daemon_dp_t_ns = m->dp_t_ns;
-        dp->daemon_ttl_ns = m->ttl_ns;
+        dp->daemon_ttl_ns = ttl;
         dp->applied_gen = m->daemon_gen;
         dp->applied_seq = m->msg_seq;
         dp->accepted++;
         dp->source = MLB_SRC_DAEMON;
-        rebuild(dp);
+        *dirty = 1;
         return MLB_APPLY_ACCEPTED;
     }
-    fall_back(dp);
+    *dirty |= fall_back(dp);
     return rc;
 }
 
-/* ---------- msg_out publish ---------- */
+static int daemon_expired(const mlb_dp_t *dp, uint64_t now_ns)
+{
+    return dp->source == MLB_SRC_DAEMON &&
+           (now_ns < dp->daemon_dp_t_ns || now_ns - dp->daemon_dp_t_ns > dp->daemon_ttl_ns);
+}
+
+/* msg_in and weight expiry: at most one policy swap per call. */
+static int apply_and_expire(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+{
+    int dirty = 0, rc = MLB_APPLY_NONE;
+    if (region)
+        rc = apply_in(dp, region, now_ns, &dirty);
+    if (daemon_expired(dp, now_ns))
+        dirty |= fall_back(dp);
+    if (dirty)
+        rebuild(dp);
+    dp->last_apply = (uint32_t)rc;
+    return rc;
+}
+
+int mlb_dp_apply(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+{
+    int dirty = 0;
+    int rc = apply_in(dp, region, now_ns, &dirty);
+    if (dirty)
+        rebuild(dp);
+    return rc;
+}
+
+/* ---------- worker tick and msg_out publish ---------- */
+
+static void snapshot(const mlb_dp_t *dp, const worker_t *wk, wsnap_t *o)
+{
+    uint32_t n = dp->n_servers;
+    o->untracked = wk->untracked;
+    o->untracked_pkts = wk->untracked_pkts;
+    o->down_evictions = wk->down_evictions;
+    o->no_server = wk->no_server;
+    o->n_flows = wk->n_flows;
+    o->n_closed = wk->n_closed;
+    memcpy(o->active, wk->active, n * sizeof(uint32_t));
+    memcpy(o->ctr, wk->ctr, n * sizeof(wctr_t));
+}
+
+/* The end of a worker's tick: snapshot, and with an open msg_out copy its
+ * reservoirs, after which the FCT samplers forget their count so they
+ * track recent flows. */
+static void worker_publish(mlb_dp_t *dp, uint32_t w, mlb_msg_out_t *f)
+{
+    worker_t *wk = &dp->wk[w];
+    snapshot(dp, wk, wk->snap);
+    if (!f)
+        return;
+    for (uint32_t i = 0; i < dp->n_servers; i++)
+        for (uint32_t k = 0; k < MLB_RES_KINDS; k++) {
+            mlb_sampler_t *s = &wk->samp[i * MLB_RES_KINDS + k];
+            f->res[w][i][k] = s->r;     /* whole image: any sample format */
+            if (k == MLB_RES_FCT)
+                mlb_sampler_forget(s);
+        }
+}
+
+int mlb_dp_worker_pending(const mlb_dp_t *dp, uint32_t worker)
+{
+    if (worker >= dp->n_workers)
+        return 0;
+    return atomic_load_explicit(&dp->wk[worker].done_seq, memory_order_relaxed) !=
+           atomic_load_explicit(&dp->req_seq, memory_order_relaxed);
+}
+
+int mlb_dp_worker_tick(mlb_dp_t *dp, uint32_t worker, uint64_t now_ns)
+{
+    if (worker >= dp->n_workers)
+        return 0;
+    worker_t *wk = &dp->wk[worker];
+    uint64_t req = atomic_load_explicit(&dp->req_seq, memory_order_acquire);
+    if (atomic_load_explicit(&wk->done_seq, memory_order_relaxed) == req)
+        return 0;
+    const policy_t *p = worker_policy(dp, wk);
+    if (!wk->sweeping) {
+        reset_ages(dp, wk);
+        wk->sweep_pos = 0;
+        wk->sweeping = 1;
+    }
+    uint32_t to = dp->n_slots;
+    if (wk->n_flows == 0 && wk->n_closed == 0)
+        wk->sweep_pos = to;             /* empty table: nothing to walk */
+    else if (to - wk->sweep_pos > SWEEP_CHUNK)
+        to = wk->sweep_pos + SWEEP_CHUNK;
+    sweep_range(dp, wk, p, now_ns, 1, wk->sweep_pos, to);
+    wk->sweep_pos = to;
+    if (to < dp->n_slots)
+        return 2;                       /* more next call */
+    wk->sweeping = 0;
+    worker_publish(dp, worker, atomic_load_explicit(&dp->pending, memory_order_relaxed));
+    atomic_store_explicit(&wk->done_seq, req, memory_order_release);
+    return 1;
+}
+
+static void tick_all(mlb_dp_t *dp, uint64_t now_ns)
+{
+    for (uint32_t w = 0; w < dp->n_workers; w++)
+        while (mlb_dp_worker_tick(dp, w, now_ns) == 2)
+            ;
+}
+
+static int ticks_done(const mlb_dp_t *dp)
+{
+    uint64_t req = atomic_load_explicit(&dp->req_seq, memory_order_relaxed);
+    for (uint32_t w = 0; w < dp->n_workers; w++)
+        if (atomic_load_explicit(&dp->wk[w].done_seq, memory_order_acquire) != req)
+            return 0;
+    return 1;
+}
+
+/* Open the next msg_out copy and ask every worker for a tick. */
+static void publish_begin(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+{
+    atomic_store_explicit(&dp->pending, region ? mlb_out_begin(region) : NULL,
+                          memory_order_relaxed);
+    dp->pending_ns = now_ns;
+    dp->publishing = 1;
+    dp->aged_once = 1;
+    dp->last_age_ns = now_ns;
+    atomic_fetch_add_explicit(&dp->req_seq, 1, memory_order_release);
+}
+
+/* Every worker has ticked: meta and per-server rows from their snapshots. */
+static void publish_end(mlb_dp_t *dp, mlb_region_t *region)
+{
+    mlb_msg_out_t *f = atomic_load_explicit(&dp->pending, memory_order_relaxed);
+    dp->publishing = 0;
+    atomic_store_explicit(&dp->pending, NULL, memory_order_relaxed);
+    if (!f || !region)
+        return;
+    const policy_t *p = policy_now(dp);
+    mlb_out_meta_t *mt = &f->meta;
+    mt->t_ns = dp->pending_ns;
+    mt->dp_gen = region->hdr.dp_generation;
+    mt->n_servers = dp->n_servers;
+    mt->n_workers = dp->n_workers;
+    mt->active_mode = p->mode;
+    mt->weights_source = dp->source;
+    mt->applied_daemon_gen = dp->applied_gen;
+    mt->applied_msg_seq = dp->applied_seq;
+    mt->msg_in_accepted = dp->accepted;
+    mt->msg_in_rej_stale = dp->rej_stale;
+    mt->msg_in_rej_gen = dp->rej_gen;
+    mt->msg_in_rej_invalid = dp->rej_invalid;
+    mt->fallbacks = dp->fallbacks;
+    mt->untracked_flows = 0;
+    for (uint32_t w = 0; w < dp->n_workers; w++)
+        mt->untracked_flows += dp->wk[w].snap->untracked;
+    for (uint32_t i = 0; i < dp->n_servers; i++) {
+        mlb_server_stats_t *o = &f->servers[i];
+        memset(o, 0, sizeof(*o));
+        o->id = dp->id[i];
+        o->admin_state = dp->admin[i];
+        o->static_weight = dp->static_w[i];
+        o->weight = p->weight[i];
+        for (uint32_t w = 0; w < dp->n_workers; w++) {
+            const wsnap_t *sn = dp->wk[w].snap;
+            o->new_flows += sn->ctr[i].new_flows;
+            o->completed_flows += sn->ctr[i].completed;
+            o->active_flows += sn->active[i];
+            o->packets += sn->ctr[i].packets;
+            o->bytes += sn->ctr[i].bytes;
+            o->timeouts += sn->ctr[i].timeouts;
+        }
+    }
+    mlb_out_commit(region, f);
+    dp->frames++;
+    dp->last_pub_ns = dp->pending_ns;
+}
+
+void mlb_dp_publish(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+{
+    publish_begin(dp, region, now_ns);
+    tick_all(dp, now_ns);
+    publish_end(dp, region);
+}
+
+static int region_fits(const mlb_dp_t *dp, const mlb_region_t *region)
+{
+    return !region || (region->hdr.n_servers == dp->n_servers &&
+                       region->hdr.n_workers == dp->n_workers);
+}
+
+static int publish_due(const mlb_dp_t *dp, uint64_t now_ns)
+{
+    return !dp->aged_once || now_ns - dp->last_age_ns >= dp->cfg.publish_interval_ns;
+}
+
+int mlb_dp_timer(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+{
+    if (!region_fits(dp, region))
+        return MLB_DP_BAD_ARG;
+    if (dp->publishing)                 /* a control-form publish left open */
+        publish_end(dp, region);
+    int due = publish_due(dp, now_ns);
+    if (due) {   /* every worker's tick: idle/DOWN eviction, ages, snapshot */
+        publish_begin(dp, region, now_ns);
+        tick_all(dp, now_ns);
+    }
+    int rc = apply_and_expire(dp, region, now_ns);
+    if (due)
+        publish_end(dp, region);
+    if (region)
+        mlb_region_heartbeat(region, now_ns);
+    return rc;
+}
+
+int mlb_dp_control(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
+{
+    if (!region_fits(dp, region))
+        return MLB_DP_BAD_ARG;
+    if (dp->publishing) {
+        if (ticks_done(dp))
+            publish_end(dp, region);
+        else
+            dp->publish_waits++;
+    }
+    int rc = apply_and_expire(dp, region, now_ns);
+    if (!dp->publishing && publish_due(dp, now_ns))
+        publish_begin(dp, region, now_ns);
+    if (region)
+        mlb_region_heartbeat(region, now_ns);
+    return rc;
+}
+
+int mlb_dp_timer_due(const mlb_dp_t *dp, const mlb_region_t *region, uint64_t now_ns)
+{
+    if (publish_due(dp, now_ns) || dp->publishing)
+        return 1;
+    if (region && mlb_region_load_u64(&region->hdr.in_published) != dp->in_seen_p)
+        return 1;
+    return daemon_expired(dp, now_ns);
+}
+
+uint64_t mlb_dp_policy_epoch(const mlb_dp_t *dp)
+{
+    return policy_now(dp)->epoch;
+}
+
+/* ---------- read helpers ---------- */
 
 int mlb_dp_get_server(const mlb_dp_t *dp, uint32_t idx, mlb_server_stats_t *out)
 {
@@ -745,81 +1204,6 @@ int mlb_dp_get_server(const mlb_dp_t *dp, uint32_t idx, mlb_server_stats_t *out)
     }
     return MLB_OK;
 }
-
-void mlb_dp_publish(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
-{
-    mlb_msg_out_t *f = mlb_out_begin(region);
-    mlb_dp_stats_t st;
-    mlb_dp_get_stats(dp, &st);
-    mlb_out_meta_t *mt = &f->meta;
-    mt->t_ns = now_ns;
-    mt->dp_gen = region->hdr.dp_generation;
-    mt->n_servers = dp->n_servers;
-    mt->n_workers = dp->n_workers;
-    mt->active_mode = st.active_mode;
-    mt->weights_source = st.weights_source;
-    mt->applied_daemon_gen = st.applied_daemon_gen;
-    mt->applied_msg_seq = st.applied_msg_seq;
-    mt->msg_in_accepted = st.msg_in_accepted;
-    mt->msg_in_rej_stale = st.msg_in_rej_stale;
-    mt->msg_in_rej_gen = st.msg_in_rej_gen;
-    mt->msg_in_rej_invalid = st.msg_in_rej_invalid;
-    mt->fallbacks = st.fallbacks;
-    mt->untracked_flows = st.untracked_flows;
-    for (uint32_t i = 0; i < dp->n_servers; i++)
-        mlb_dp_get_server(dp, i, &f->servers[i]);
-    for (uint32_t w = 0; w < dp->n_workers; w++)
-        for (uint32_t i = 0; i < dp->n_servers; i++)
-            for (uint32_t k = 0; k < MLB_RES_KINDS; k++)
-                f->res[w][i][k] = dp->wk[w].samp[i * MLB_RES_KINDS + k].r;
-    mlb_out_commit(region, f);
-    /* FCT reservoirs track recent flows: keep the samples, forget the count */
-    for (uint32_t w = 0; w < dp->n_workers; w++)
-        for (uint32_t i = 0; i < dp->n_servers; i++)
-            mlb_sampler_forget(&dp->wk[w].samp[i * MLB_RES_KINDS + MLB_RES_FCT]);
-    dp->frames++;
-    dp->last_pub_ns = now_ns;
-}
-
-int mlb_dp_timer(mlb_dp_t *dp, mlb_region_t *region, uint64_t now_ns)
-{
-    if (region && (region->hdr.n_servers != dp->n_servers ||
-                   region->hdr.n_workers != dp->n_workers))
-        return MLB_DP_BAD_ARG;
-    int due = !dp->aged_once || now_ns - dp->last_age_ns >= dp->cfg.publish_interval_ns;
-    if (due) {
-        dp->aged_once = 1;
-        dp->last_age_ns = now_ns;
-    }
-    if (due)    /* idle and DOWN eviction + ages, once per publish interval */
-        for (uint32_t w = 0; w < dp->n_workers; w++)
-            mlb_dp_sweep(dp, w, now_ns, 1);
-    int rc = MLB_APPLY_NONE;
-    if (region)
-        rc = mlb_dp_apply(dp, region, now_ns);
-    if (dp->source == MLB_SRC_DAEMON &&
-        (now_ns < dp->daemon_dp_t_ns || now_ns - dp->daemon_dp_t_ns > dp->daemon_ttl_ns))
-        fall_back(dp);
-    dp->last_apply = (uint32_t)rc;
-    if (region) {
-        if (due)
-            mlb_dp_publish(dp, region, now_ns);
-        mlb_region_heartbeat(region, now_ns);
-    }
-    return rc;
-}
-
-int mlb_dp_timer_due(const mlb_dp_t *dp, const mlb_region_t *region, uint64_t now_ns)
-{
-    if (!dp->aged_once || now_ns - dp->last_age_ns >= dp->cfg.publish_interval_ns)
-        return 1;
-    if (region && mlb_region_load_u64(&region->hdr.in_published) != dp->in_seen_p)
-        return 1;
-    return dp->source == MLB_SRC_DAEMON &&
-           (now_ns < dp->daemon_dp_t_ns || now_ns - dp->daemon_dp_t_ns > dp->daemon_ttl_ns);
-}
-
-/* ---------- read helpers ---------- */
 
 uint64_t mlb_dp_server_active(const mlb_dp_t *dp, uint32_t idx)
 {
@@ -846,9 +1230,13 @@ void mlb_dp_get_stats(const mlb_dp_t *dp, mlb_dp_stats_t *out)
     out->msg_in_rej_invalid = dp->rej_invalid;
     out->fallbacks = dp->fallbacks;
     for (uint32_t w = 0; w < dp->n_workers; w++) {
-        out->untracked_flows += dp->wk[w].untracked;
-        out->down_evictions += dp->wk[w].down_evictions;
-        out->flows += dp->wk[w].n_flows;
+        const worker_t *wk = &dp->wk[w];
+        out->untracked_flows += wk->untracked;
+        out->untracked_packets += wk->untracked_pkts;
+        out->down_evictions += wk->down_evictions;
+        out->no_server_drops += wk->no_server;
+        out->flows += wk->n_flows;
+        out->closing += wk->n_closed;
     }
     out->applied_daemon_gen = dp->applied_gen;
     out->applied_msg_seq = dp->applied_seq;
@@ -857,6 +1245,8 @@ void mlb_dp_get_stats(const mlb_dp_t *dp, mlb_dp_stats_t *out)
     out->last_apply = dp->last_apply;
     out->maglev_size = dp->maglev_size;
     out->flow_capacity = dp->n_slots;
+    out->policy_epoch = policy_now(dp)->epoch;
+    out->publish_waits = dp->publish_waits;
 }
 
 const mlb_reservoir_t *mlb_dp_reservoir(const mlb_dp_t *dp, uint32_t worker,
