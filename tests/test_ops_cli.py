@@ -1,8 +1,9 @@
 """Operator/user experience: help texts, paths, a torch-free install, unwritable outputs."""
 
-from __future__ import re
+from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
