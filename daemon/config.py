@@ -23,6 +23,19 @@ from pydantic import (
 
 EX_CONFIG = 78
 
+# Bounds (the why of each): the data plane caps any msg_in TTL at 10 s
+# (MLB_DP_MAX_TTL_NS) so a killed daemon's weights never stay in force longer;
+# lbd never asks for more.  A tick under 1 ms is busy-looping, not control;
+# over 5 s the 4-tick default TTL would pass that cap.  Weights are ratios:
+# 1e6 keeps every product finite in the data plane's SED scores.
+MAX_TTL_MS = 10_000.0
+MIN_TICK_MS = 1.0
+MAX_TICK_MS = 5_000.0
+MAX_WEIGHT = 1e6
+MAX_STALE_MS = 3_600_000.0
+# sockaddr_un.sun_path holds 108 bytes, NUL included
+MAX_SOCKET_PATH = 107
+
 HEURISTIC_NAMES = ("static", "ecmp", "wcmp", "sed", "lsq")
 
 
@@ -31,19 +44,22 @@ class ConfigError(Exception):
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf/nan are rejected for every float, naming the field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     region: str = Field("marllb", description="shared-memory region (VIP) name")
-    tick_ms: float = Field(250.0, gt=0, le=60_000, description="tick interval")
+    tick_ms: float = Field(250.0, ge=MIN_TICK_MS, le=MAX_TICK_MS, description="tick interval")
     policy: str = Field("sed", description="policy name (see lbd --list-policies)")
     checkpoint: str | None = Field(None, description="learned policy checkpoint path")
     fallback_policy: str = Field("sed", description="heuristic used when the policy fails")
-    w_min: float = Field(0.1, gt=0, description="smallest weight of an up server")
-    w_max: float = Field(10.0, gt=0, description="largest weight")
-    ttl_ms: float = Field(0.0, ge=0, description="weights' TTL on the data-plane clock; 0: 4 ticks")
+    w_min: float = Field(0.1, gt=0, le=MAX_WEIGHT, description="smallest weight of an up server")
+    w_max: float = Field(10.0, gt=0, le=MAX_WEIGHT, description="largest weight")
+    ttl_ms: float = Field(0.0, ge=0, le=MAX_TTL_MS,
+                          description="weights' TTL on the data-plane clock; 0: 4 ticks")
     decay_per_s: float = Field(0.9, gt=0, le=1, description="sample-age decay per second")
     stale_after_ms: float = Field(
-        5000.0, gt=0, description="no new msg_out frame for this long: data plane stale"
+        5000.0, gt=0, le=MAX_STALE_MS,
+        description="no new msg_out frame for this long: data plane stale"
     )
     attach_backoff_max_ms: float = Field(1000.0, gt=0, le=60_000)
     socket: str = Field("/run/marllb/lbd.sock", description="control socket path; '' disables")
@@ -55,9 +71,27 @@ class Config(BaseModel):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        bare = v.lstrip("/")
-        if not bare or "/" in bare or len(bare) > 60:
-            raise ValueError(f"invalid region name {v!r}: one path component, 1..60 characters")
+        from marllb.daemon.shm import name_problem
+
+        why = name_problem(v)
+        if why is not None:
+            raise ValueError(f"invalid region name: {why}")
+        return v
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, v: str) -> str:
+        if "\0" in v:
+            raise ValueError("contains a NUL byte")
+        if len(v.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+            raise ValueError(f"longer than {MAX_SOCKET_PATH} bytes (a Unix socket path limit)")
+        return v
+
+    @field_validator("checkpoint", "socket_group")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and ("\0" in v or not v):
+            raise ValueError("must be a non-empty string without NUL bytes")
         return v
 
     @field_validator("policy")
@@ -101,7 +135,7 @@ class Config(BaseModel):
 
     @property
     def ttl_ns(self) -> int:
-        return int(round((self.ttl_ms or 4 * self.tick_ms) * 1e6))
+        return int(round(min(self.ttl_ms or 4 * self.tick_ms, MAX_TTL_MS) * 1e6))
 
     @property
     def metrics_addr(self) -> tuple[str, int] | None:
@@ -145,6 +179,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{source}: is a directory") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: invalid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                              f"offset {e.start}); TOML files are UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+        except ValueError as e:   # e.g. a NUL in the path
+            raise ConfigError(f"{source}: cannot read: {e}") from None
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
@@ -154,3 +195,5 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_one_line(e, source)) from None
+    except (TypeError, ValueError) as e:   # never a traceback for a user's file
+        raise ConfigError(f"{source}: {e}") from None
