@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marllb.daemon.fsutil import atomic_file, atomic_write_text
 from marllb.sim.cluster import ORACLE, Cluster, SimResult, scenario_trace
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace
@@ -102,7 +103,8 @@ def plot(results: dict[str, SimResult], out: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     p = out / "jct_cdf.png"
-    fig.savefig(p, dpi=100)
+    with atomic_file(p) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     written.append(p)
     for pol, r in results.items():
@@ -123,7 +125,8 @@ def plot(results: dict[str, SimResult], out: Path) -> list[Path]:
             fig.tight_layout()
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in pol)
             p = out / f"{what}_{safe}.png"
-            fig.savefig(p, dpi=100)
+            with atomic_file(p) as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
             plt.close(fig)
             written.append(p)
     return written
@@ -134,10 +137,12 @@ def write_report(out: Path, scenario: str, trace: str | None,
                  seeds: int, plots: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"scenario": scenario, "trace": trace, "policies": results}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    (out / "summary.md").write_text(markdown_table(scenario, trace, results, seeds))
+    # atomic writes: a kill or a full disk leaves the previous complete files
     details = {pol: r.details() for pol, r in firsts.items()}
-    (out / "details.json").write_text(json.dumps(
+    atomic_write_text(out / "details.json", json.dumps(
         {"note": "seed 0 of each policy", "policies": details}, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", markdown_table(scenario, trace, results, seeds))
+    atomic_write_text(out / "summary.json",
+                      json.dumps(summary, indent=2, allow_nan=True) + "\n")
     if plots:
         plot(firsts, out)

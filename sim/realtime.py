@@ -15,18 +15,25 @@ a daemon ticking every 250 ms of wall time is 250·X ms old in data-plane
 terms.
 
 On SIGTERM / SIGINT (or at the end of the trace, after draining) it writes
-its summary JSON and unlinks its regions.
+its summary JSON (atomically) and unlinks its regions.
+
+A region truncated under it (by anything that can write it) is never touched
+past its new end (that would be SIGBUS): before every timer call the size is
+re-checked, and a shrunk region is replaced by a fresh one under the same name
+with a new generation (one line on stderr), as a restarted data plane would;
+an attached lbd sees the new region and re-attaches.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from marllb.daemon.fsutil import atomic_write_json
 from marllb.sim.cluster import Cluster, SimResult
 from marllb.sim.lb import SimLB
 from marllb.sim.scenario import Scenario
@@ -54,18 +61,38 @@ class Dataplane:
         self.regions: list[Any] = []
         self._stop = False
         self.ticks = 0
+        self.recreated = 0
+        self._create_kw: dict[str, dict[str, Any]] = {}
 
     def _make_lb(self, k: int, **kw: Any) -> SimLB:
         from marllb.daemon.shm import Region
 
-        reg = Region.create(self.names[k], kw["n_servers"], kw["n_workers"],
-                            publish_interval_ns=kw["publish_interval_ns"],
-                            replace=self.replace)
+        create_kw = {"n_servers": kw["n_servers"], "n_workers": kw["n_workers"],
+                     "publish_interval_ns": kw["publish_interval_ns"]}
+        reg = Region.create(self.names[k], replace=self.replace, **create_kw)
+        self._create_kw[reg.name] = create_kw
         self.regions.append(reg)
         return SimLB(region=reg, **kw)
 
+    def _recreate(self, lb: SimLB, why: str) -> None:
+        """Replace a region that shrank under us (see the module doc)."""
+        from marllb.daemon.shm import Region
+
+        old = lb.shm
+        print(f"lbsim dataplane: {why}; recreating region {old.name} with a new "
+              "generation", file=sys.stderr, flush=True)
+        new = Region.create(old.name, replace=True, **self._create_kw[old.name])
+        lb.shm, lb.region = new, new.ptr
+        self.regions[self.regions.index(old)] = new
+        old.close()
+        self.recreated += 1
+
     def _on_tick(self, t: float, now_ns: int, lbs: list[SimLB]) -> bool:
         for lb in lbs:
+            if lb.shm is not None:
+                why = lb.shm.size_problem()
+                if why is not None:
+                    self._recreate(lb, why)
             lb.timer(now_ns)
         self.ticks += 1
         if self._stop:
@@ -128,5 +155,7 @@ def summary_dict(sc: Scenario, trace: str | None, res: SimResult, names: list[st
 
 
 def write_summary(path: Path, d: dict[str, Any]) -> None:
+    """Atomically (a kill leaves the previous summary or the new one); OutputError if
+    it cannot be written (disk full, ...), the previous one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(d, indent=2) + "\n")
+    atomic_write_json(path, d)
