@@ -103,26 +103,27 @@ def _header(f: Any, where: Path) -> tuple[dict[str, Any], dict[str, str] | None,
 
     (tensor entries, __metadata__ or None, offset of the data section)."""
     size = os.fstat(f.fileno()).st_size
+    pre = f"checkpoint {where}: unreadable tensors: "
     if size > MAX_BYTES:
         raise CheckpointError(f"checkpoint {where}: {size} bytes, over the "
                               f"{MAX_BYTES >> 20} MiB limit for a policy checkpoint")
     raw = f.read(8)
     if len(raw) < 8:
-        raise CheckpointError(f"checkpoint {where}: truncated ({size} bytes)")
+        raise CheckpointError(f"{pre}truncated ({size} bytes)")
     (hlen,) = struct.unpack("<Q", raw)
     if not 2 <= hlen <= min(MAX_HEADER_BYTES, size - 8):
-        raise CheckpointError(f"checkpoint {where}: header length {hlen} is impossible "
+        raise CheckpointError(f"{pre}header length {hlen} is impossible "
                               f"for a {size}-byte file (not safetensors, or truncated)")
     try:
         header = json.loads(f.read(hlen).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"checkpoint {where}: unreadable header: {e}") from None
+        raise CheckpointError(f"{pre}bad header: {e}") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"checkpoint {where}: header is not a JSON object")
+        raise CheckpointError(f"{pre}header is not a JSON object")
     meta = header.pop("__metadata__", None)
     if meta is not None and not (isinstance(meta, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
-        raise CheckpointError(f"checkpoint {where}: __metadata__ must map strings to strings")
+        raise CheckpointError(f"{pre}__metadata__ must map strings to strings")
     data = size - 8 - hlen
     end_max = 0
     for name, info in header.items():
@@ -134,7 +135,7 @@ def _header(f: Any, where: Path) -> tuple[dict[str, Any], dict[str, str] | None,
         ok = ok and isinstance(offs, list) and len(offs) == 2 and all(
             isinstance(o, int) for o in offs) and 0 <= offs[0] <= offs[1] <= data
         if not ok:
-            raise CheckpointError(f"checkpoint {where}: tensor {name!r}: bad header entry "
+            raise CheckpointError(f"{pre}{name!r}: bad header entry "
                                   f"{info!r} (dtype F16/F32/F64, shape, offsets in the file)")
         need = math.prod(shape) * DTYPES[info["dtype"]].itemsize
         if offs[1] - offs[0] != need:
@@ -142,7 +143,7 @@ def _header(f: Any, where: Path) -> tuple[dict[str, Any], dict[str, str] | None,
                                   f"{need} bytes, offsets give {offs[1] - offs[0]}")
         end_max = max(end_max, offs[1])
     if end_max != data:
-        raise CheckpointError(f"checkpoint {where}: tensors cover {end_max} of the "
+        raise CheckpointError(f"{pre}they cover {end_max} of the "
                               f"{data} data bytes (truncated or padded file)")
     return header, meta, 8 + hlen
 

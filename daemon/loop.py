@@ -109,6 +109,7 @@ class Daemon:
         self._checked_frame = -1
         self._not_in_force: str | None = None
         self._rej_base: tuple[int, int, int] | None = None
+        self._seen_base: tuple[int, ...] | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals -----------------------------------------------------------------
@@ -439,19 +440,23 @@ class Daemon:
     def _in_force_reason(self, rec: TickRecord) -> str | None:
         """Why the data plane is NOT using our weights, judged from its msg_out
         frames (weights_source), or None when they are in force or it is too early
-        to tell.  A frame is only evidence after we published: we wait for
-        NOT_IN_FORCE_FRAMES consecutive new frames on static weights."""
+        to tell.  A frame is only evidence after we published and once the data
+        plane has reacted to some msg_in (its accepted/rejected counters moved: a
+        writer that never reads msg_in proves nothing); NOT_IN_FORCE_FRAMES
+        consecutive such frames on static weights make the verdict."""
         f = rec.features
         meta = f.meta
         if not meta or f.n == 0:
             return None
         rej = (int(meta.get("msg_in_rej_stale", 0)), int(meta.get("msg_in_rej_gen", 0)),
                int(meta.get("msg_in_rej_invalid", 0)))
+        seen = (int(meta.get("msg_in_accepted", 0)), *rej)
         if self._first_pub_frame is None:
             if rec.published:
                 self._first_pub_frame = f.frame_no
                 self._checked_frame = f.frame_no
                 self._rej_base = rej
+                self._seen_base = seen
             return None
         if f.frame_no == self._checked_frame:     # no new evidence: keep the verdict
             return self._not_in_force
@@ -462,6 +467,8 @@ class Daemon:
             self._rej_base = rej
             self._not_in_force = None
             return None
+        if seen == self._seen_base:      # it has not looked at any msg_in of ours yet
+            return self._not_in_force
         self._static_frames += 1
         if self._static_frames < NOT_IN_FORCE_FRAMES:
             return self._not_in_force

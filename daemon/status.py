@@ -72,6 +72,7 @@ def build_status(d: Any) -> dict[str, Any]:
         # force (weights_source = daemon) and the daemon is still publishing;
         # False when not, or not known (nothing published, detached, busy)
         "weights_in_force": bool(in_force) and publishing,
+        "weights_in_force_known": in_force is not None,
         "dataplane_weights_source": (
             None if f is None or "weights_source" not in f.meta
             else ("daemon" if f.meta["weights_source"] == lib.MLB_SRC_DAEMON else "static")),
