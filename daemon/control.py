@@ -31,6 +31,7 @@ from marllb.daemon.status import build_status, weights_view
 READ_ONLY = {"status", "weights", "ping"}
 MUTATING = {"reload", "policy", "hold"}
 MAX_LINE = 65536
+MAX_SKIP = 64 << 20   # an over-long request is skipped up to this much, then dropped
 MAX_CLIENTS = 64      # concurrent connections served; more get "busy, retry"
 BACKLOG = 128         # pending connections the kernel queues for accept()
 BUSY_ERROR = "busy, retry: too many concurrent control connections"
@@ -72,11 +73,29 @@ class _Handler(socketserver.StreamRequestHandler):
             if not line:
                 return
             if len(line) > MAX_LINE:
-                # the rest of the line cannot be resynchronised: answer, then close
-                self._reply({"ok": False, "error": f"bad request: longer than {MAX_LINE} bytes"})
-                return
+                # answer, skip the rest of the line (bounded) and go on with the next
+                ok = self._reply({"ok": False,
+                                  "error": f"bad request: longer than {MAX_LINE} bytes"})
+                if not ok or not self._skip_line(line):
+                    return
+                continue
             if not self._reply(server.dispatch(line, uid)):
                 return
+
+    def _skip_line(self, head: bytes) -> bool:
+        """Discard the rest of an over-long line; False if the client should be dropped."""
+        skipped = len(head)
+        while not head.endswith(b"\n"):
+            if skipped > MAX_SKIP:
+                return False
+            try:
+                head = self.rfile.readline(MAX_LINE)
+            except (OSError, TimeoutError, ValueError):
+                return False
+            if not head:
+                return False
+            skipped += len(head)
+        return True
 
     def _reply(self, reply: dict[str, Any]) -> bool:
         try:
