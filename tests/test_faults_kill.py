@@ -103,6 +103,14 @@ def check_train(out: Path) -> int:
     return int(prog["ep_i"])
 
 
+def _state_newer_than(out: Path, t: float) -> bool:
+    d = existing_dir(out / "state")
+    try:
+        return d is not None and (d / "progress.json").stat().st_mtime > t
+    except OSError:
+        return False
+
+
 def test_kill_9_of_lbsim_train_leaves_a_consistent_resumable_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rng = random.Random(7)
@@ -113,8 +121,15 @@ def test_kill_9_of_lbsim_train_leaves_a_consistent_resumable_folder(tmp_path: Pa
     for i in range(TRAIN_TRIALS):
         cmd = [*args, "--out", str(out)] if saved == 0 else \
             ["train", "--resume", str(out), "--state-every", "0.005", "--quiet"]
+        t_start = time.time()
         p = lbsim(*cmd)
-        assert kill_after(p, rng.uniform(6.0, 12.0)), p.stderr.read()
+        # start-up (torch import) takes seconds on a loaded machine: kill at a random
+        # moment once it is training, i.e. writing log rows and state
+        deadline = time.monotonic() + 150
+        while not _state_newer_than(out, t_start) and time.monotonic() < deadline \
+                and p.poll() is None:
+            time.sleep(0.05)
+        assert kill_after(p, rng.uniform(0.0, 2.5)), p.stderr.read()
         now = check_train(out)
         assert now >= saved, (i, now, saved)          # progress never goes back
         saved = now
