@@ -8,6 +8,8 @@ configuration on a reload.
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -27,11 +29,15 @@ EX_CONFIG = 78
 # (MLB_DP_MAX_TTL_NS) so a killed daemon's weights never stay in force longer;
 # lbd never asks for more.  A tick under 1 ms is busy-looping, not control;
 # over 5 s the 4-tick default TTL would pass that cap.  Weights are ratios:
-# 1e6 keeps every product finite in the data plane's SED scores.
+# [1e-6, 1e6] keeps every product and quotient finite in the data plane's SED
+# scores ((active + 1) / w).
 MAX_TTL_MS = 10_000.0
 MIN_TICK_MS = 1.0
 MAX_TICK_MS = 5_000.0
 MAX_WEIGHT = 1e6
+MIN_WEIGHT = 1e-6
+# a config is a few hundred bytes: refuse to read a device or a huge file
+MAX_CONFIG_BYTES = 1 << 20
 MAX_STALE_MS = 3_600_000.0
 # sockaddr_un.sun_path holds 108 bytes, NUL included
 MAX_SOCKET_PATH = 107
@@ -52,7 +58,8 @@ class Config(BaseModel):
     policy: str = Field("sed", description="policy name (see lbd --list-policies)")
     checkpoint: str | None = Field(None, description="learned policy checkpoint path")
     fallback_policy: str = Field("sed", description="heuristic used when the policy fails")
-    w_min: float = Field(0.1, gt=0, le=MAX_WEIGHT, description="smallest weight of an up server")
+    w_min: float = Field(0.1, ge=MIN_WEIGHT, le=MAX_WEIGHT,
+                         description="smallest weight of an up server")
     w_max: float = Field(10.0, gt=0, le=MAX_WEIGHT, description="largest weight")
     ttl_ms: float = Field(0.0, ge=0, le=MAX_TTL_MS,
                           description="weights' TTL on the data-plane clock; 0: 4 ticks")
@@ -67,6 +74,14 @@ class Config(BaseModel):
     socket_group: str | None = Field(None, description="group owning the control socket")
     metrics: str = Field("127.0.0.1:9464", description="Prometheus HOST:PORT; '' disables")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("tick_ms", "w_min", "w_max", "ttl_ms", "decay_per_s", "stale_after_ms",
+                     "attach_backoff_max_ms", "socket_mode", mode="before")
+    @classmethod
+    def _not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):   # TOML `true` is not a number of milliseconds
+            raise ValueError("must be a number, not true/false")
+        return v
 
     @field_validator("region")
     @classmethod
@@ -169,8 +184,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if path is not None:
         source = f"config {path}"
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            # O_NONBLOCK: a FIFO at the path must not hang the daemon in open()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise ConfigError(f"{source}: not a regular file")
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 10} KiB")
+            data = tomllib.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{source}: file not found") from None
         except PermissionError:

@@ -29,6 +29,8 @@ BAD = [
     ("w_max = 1e300\n", "w_max"),
     ("w_min = nan\n", "w_min"),
     ("tick_ms = 1e-9\n", "tick_ms"),
+    ("tick_ms = true\n", "tick_ms"),
+    ("w_min = 1e-320\n", "w_min"),
     ("tick_ms = inf\n", "tick_ms"),
     ("decay_per_s = nan\n", "decay_per_s"),
     ("stale_after_ms = inf\n", "stale_after_ms"),
@@ -53,6 +55,15 @@ def test_out_of_range_values_refused_naming_the_field(tmp_path: Path, text: str,
     p.write_text(text)
     with pytest.raises(ConfigError, match=rf"^config {p}: {field}: "):
         load_config(p)
+
+
+def test_devices_and_huge_files_are_not_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(big)
 
 
 def test_ttl_never_above_the_data_plane_cap() -> None:
