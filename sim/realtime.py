@@ -19,9 +19,10 @@ its summary JSON (atomically) and unlinks its regions.
 
 A region truncated under it (by anything that can write it) is never touched
 past its new end (that would be SIGBUS): before every timer call the size is
-re-checked, and a shrunk region is replaced by a fresh one under the same name
-with a new generation (one line on stderr), as a restarted data plane would;
-an attached lbd sees the new region and re-attaches.
+re-checked (and the header validated), and a shrunk or overwritten region is
+replaced by a fresh one under the same name with a new generation (one line on
+stderr), as a restarted data plane would; an attached lbd sees the new region
+and re-attaches.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ from marllb.sim.cluster import Cluster, SimResult
 from marllb.sim.lb import SimLB
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace
+
+
+def _region_problem(reg: Any) -> str | None:
+    """Why our own region is no longer safe or usable: truncated under us, or its
+    header overwritten (then the core would refuse every timer call in silence)."""
+    from marllb.daemon.shm import RegionError
+
+    why = reg.size_problem()
+    if why is not None:
+        return why
+    try:
+        reg.validate()
+    except RegionError as e:
+        return f"region header overwritten: {e}"
+    return None
 
 
 def region_names(name: str, n_lbs: int) -> list[str]:
@@ -90,7 +106,7 @@ class Dataplane:
     def _on_tick(self, t: float, now_ns: int, lbs: list[SimLB]) -> bool:
         for lb in lbs:
             if lb.shm is not None:
-                why = lb.shm.size_problem()
+                why = _region_problem(lb.shm)
                 if why is not None:
                     self._recreate(lb, why)
             lb.timer(now_ns)

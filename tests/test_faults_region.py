@@ -56,6 +56,23 @@ def test_region_shrunk_under_live_lbd_and_dataplane(e2e: E2E) -> None:
     assert "recreating region" in logs and "data_plane_lost" in logs and "shrank" in logs
 
 
+def test_region_zeroed_in_place_is_replaced(e2e: E2E) -> None:
+    """Truncated to 0 and grown back: same size, header gone.  The data plane must
+    not go on writing frames nobody can attach to."""
+    e2e.start_dp()
+    e2e.start_lbd("sed")
+    wait_for(lambda: _running_in_force(e2e), what="daemon weights in force")
+    gen0 = e2e._current_generation()
+    path = f"/dev/shm/{e2e.region}"
+    size = os.stat(path).st_size
+    os.truncate(path, 0)
+    os.truncate(path, size)
+    wait_for(lambda: e2e._current_generation() not in (gen0, -1), what="replaced region")
+    wait_for(lambda: _running_in_force(e2e), what="running again")
+    assert e2e.dp.poll() is None and e2e.lbd.poll() is None
+    assert "region header overwritten" in e2e.log_text() or "shrank" in e2e.log_text()
+
+
 def test_odd_frame_counter_held_5s_is_reported_and_recovers(e2e: E2E) -> None:
     e2e.start_dp()
     e2e.start_lbd("sed")
