@@ -42,7 +42,13 @@ import numpy as np
 from marllb.daemon import checkpoint as ckpt
 from marllb.daemon._core import lib
 from marllb.daemon.features import FEATURE_NAMES
-from marllb.daemon.fsutil import OutputError, atomic_file, atomic_write_json, atomic_write_text
+from marllb.daemon.fsutil import (
+    OutputError,
+    atomic_file,
+    atomic_write_json,
+    atomic_write_text,
+    existing_dir,
+)
 from marllb.daemon.nets import FEATURE_SPEC, LEVELS, NOOP_LEVEL, input_dim
 from marllb.sim.marl_env import MarlEnv, feature_stats
 from marllb.sim.resume import ResumeError, load_state, read_progress, save_state
@@ -511,9 +517,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except OutputError as e:
         return _err(f"{e.strerror or e} (previous outputs left as they were)", EX_IOERR)
     except KeyboardInterrupt:
-        print(f"lbsim train: interrupted; {out} is consistent (best.safetensors, "
-              f"last.safetensors, log.csv, eval.json, state/ all complete); continue with: "
-              f"lbsim train --resume {shlex.quote(str(out))}", file=sys.stderr)
+        if existing_dir(out / "state") is None:
+            print(f"lbsim train: interrupted before training started; nothing written to "
+                  f"{out}", file=sys.stderr)
+        else:
+            print(f"lbsim train: interrupted; {out} is consistent (checkpoints, log.csv, "
+                  f"eval.json and state/ are complete files); continue with: "
+                  f"lbsim train --resume {shlex.quote(str(out))}", file=sys.stderr)
         return 130
     best = "none yet" if s["best_score"] is None else \
         f"{s['best_score']:.3f} at episode {s['best_episode']}"
