@@ -26,7 +26,7 @@ from pydantic import (
 EX_CONFIG = 78
 
 # Bounds (the why of each): the data plane caps any msg_in TTL at 10 s
-# (MLB_DP_MAX_TTL_NS) so a killed daemon's weights never stay in force longer;
+# (its compiled-in maximum) so a killed daemon's weights never stay in force longer;
 # lbd never asks for more.  A tick under 1 ms is busy-looping, not control;
 # over 5 s the 4-tick default TTL would pass that cap.  Weights are ratios:
 # [1e-6, 1e6] keeps every product and quotient finite in the data plane's SED
