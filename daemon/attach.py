@@ -4,9 +4,10 @@
 otherwise returns why not (the daemon keeps waiting with backoff: an absent
 data plane, a permission problem or an ABI mismatch is never a crash loop).
 ``Attacher.check()`` says whether the attached region is still the data
-plane's current one: the name may now point at a new segment (data plane
-restarted and recreated it) or the header's generation may have changed
-(re-initialised in place).
+plane's current one and still safe to touch: the file may have been truncated
+under the mapping (checked first: reading past its end would be SIGBUS), the
+name may now point at a new segment (data plane restarted and recreated it) or
+the header's generation may have changed (re-initialised in place).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Attacher:
         cur = self.current
         if cur is None:
             return "not attached"
+        shrunk = cur.region.size_problem()
+        if shrunk is not None:
+            return shrunk
         ino = _inode(self.name)
         if ino is None:
             return f"region {self.name} disappeared (data plane stopped)"

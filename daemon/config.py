@@ -9,6 +9,7 @@ configuration on a reload.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,23 @@ from pydantic import (
 from marllb.daemon.ttl import TtlSpec
 
 EX_CONFIG = 78
+
+# Bounds (the why of each): the data plane caps any msg_in TTL at 10 s
+# (its compiled-in maximum) so a killed daemon's weights never stay in force longer;
+# lbd never asks for more.  A tick under 1 ms is busy-looping, not control;
+# over 5 s the 4-tick default TTL would pass that cap.  Weights are ratios:
+# [1e-6, 1e6] keeps every product and quotient finite in the data plane's SED
+# scores ((active + 1) / w).
+MAX_TTL_MS = 10_000.0
+MIN_TICK_MS = 1.0
+MAX_TICK_MS = 5_000.0
+MAX_WEIGHT = 1e6
+MIN_WEIGHT = 1e-6
+# a config is a few hundred bytes: refuse to read a device or a huge file
+MAX_CONFIG_BYTES = 1 << 20
+MAX_STALE_MS = 3_600_000.0
+# sockaddr_un.sun_path holds 108 bytes, NUL included
+MAX_SOCKET_PATH = 107
 
 HEURISTIC_NAMES = ("static", "ecmp", "wcmp", "sed", "lsq")
 SYSTEM_SOCKET = "/run/marllb/lbd.sock"
@@ -53,20 +71,24 @@ class ConfigError(Exception):
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf/nan are rejected for every float, naming the field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     region: str = Field("marllb", description="shared-memory region (VIP) name")
-    tick_ms: float = Field(250.0, gt=0, le=60_000, description="tick interval")
+    tick_ms: float = Field(250.0, ge=MIN_TICK_MS, le=MAX_TICK_MS, description="tick interval")
     policy: str = Field("sed", description="policy name (see lbd --list-policies)")
     checkpoint: str | None = Field(None, description="learned policy checkpoint path")
     fallback_policy: str = Field("sed", description="heuristic used when the policy fails")
-    w_min: float = Field(0.1, gt=0, description="smallest weight of an up server")
-    w_max: float = Field(10.0, gt=0, description="largest weight")
-    ttl_ms: float = Field(0.0, ge=0, description="weights' TTL in data-plane milliseconds; 0: "
-                          "derived from the tick and the observed data-plane clock (ttl.py)")
+    w_min: float = Field(0.1, ge=MIN_WEIGHT, le=MAX_WEIGHT,
+                         description="smallest weight of an up server")
+    w_max: float = Field(10.0, gt=0, le=MAX_WEIGHT, description="largest weight")
+    ttl_ms: float = Field(0.0, ge=0, le=MAX_TTL_MS,
+                          description="weights' TTL in data-plane milliseconds; 0: derived "
+                          "from the tick and the observed data-plane clock (ttl.py), <= 10 s")
     decay_per_s: float = Field(0.9, gt=0, le=1, description="sample-age decay per second")
     stale_after_ms: float = Field(
-        5000.0, gt=0, description="no new msg_out frame for this long: data plane stale"
+        5000.0, gt=0, le=MAX_STALE_MS,
+        description="no new msg_out frame for this long: data plane stale"
     )
     attach_backoff_max_ms: float = Field(1000.0, gt=0, le=60_000)
     socket: str = Field(default_factory=default_socket,
@@ -87,12 +109,38 @@ class Config(BaseModel):
                 raise ValueError(f"keys are server ids (0, 1, ...), got {k!r}")
         return v
 
+    @field_validator("tick_ms", "w_min", "w_max", "ttl_ms", "decay_per_s", "stale_after_ms",
+                     "attach_backoff_max_ms", "socket_mode", mode="before")
+    @classmethod
+    def _not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):   # TOML `true` is not a number of milliseconds
+            raise ValueError("must be a number, not true/false")
+        return v
+
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        bare = v.lstrip("/")
-        if not bare or "/" in bare or len(bare) > 60:
-            raise ValueError(f"invalid region name {v!r}: one path component, 1..60 characters")
+        from marllb.daemon.shm import name_problem
+
+        why = name_problem(v)
+        if why is not None:
+            raise ValueError(f"invalid region name: {why}")
+        return v
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, v: str) -> str:
+        if "\0" in v:
+            raise ValueError("contains a NUL byte")
+        if len(v.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+            raise ValueError(f"longer than {MAX_SOCKET_PATH} bytes (a Unix socket path limit)")
+        return v
+
+    @field_validator("checkpoint", "socket_group")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and ("\0" in v or not v):
+            raise ValueError("must be a non-empty string without NUL bytes")
         return v
 
     @field_validator("policy")
@@ -137,8 +185,8 @@ class Config(BaseModel):
     @property
     def ttl_ns(self) -> TtlSpec:
         if self.ttl_ms:
-            return TtlSpec(round(self.ttl_ms * 1e6))
-        return TtlSpec(4 * self.tick_ns, tick_ns=self.tick_ns)
+            return TtlSpec(round(min(self.ttl_ms, MAX_TTL_MS) * 1e6))
+        return TtlSpec(min(4 * self.tick_ns, round(MAX_TTL_MS * 1e6)), tick_ns=self.tick_ns)
 
     @property
     def server_names(self) -> dict[int, str]:
@@ -177,8 +225,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if path is not None:
         source = f"config {path}"
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            # O_NONBLOCK: a FIFO at the path must not hang the daemon in open()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise ConfigError(f"{source}: not a regular file")
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 10} KiB")
+            data = tomllib.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{source}: file not found") from None
         except PermissionError:
@@ -187,6 +242,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{source}: is a directory") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: invalid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                              f"offset {e.start}); TOML files are UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+        except ValueError as e:   # e.g. a NUL in the path
+            raise ConfigError(f"{source}: cannot read: {e}") from None
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
@@ -196,3 +258,5 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_one_line(e, source)) from None
+    except (TypeError, ValueError) as e:   # never a traceback for a user's file
+        raise ConfigError(f"{source}: {e}") from None

@@ -5,6 +5,13 @@ Request ``{"cmd": "status"}``; reply ``{"ok": true, "result": {...}}`` or
 answer anyone who can connect (the socket is mode 0660); mutating verbs
 (reload, policy, hold) only root or the daemon's own user, checked with
 SO_PEERCRED.
+
+Robustness: every request line gets exactly one reply, an error for a
+malformed one (bad JSON, not an object, unknown verb, over MAX_LINE bytes,
+not UTF-8); past MAX_CLIENTS concurrent connections a new one is answered
+``busy, retry`` and closed; the listen backlog absorbs bursts.  The socket
+is created with its final mode (umask around bind, no chmod afterwards) and
+a symlink or any non-socket at the path is refused, never followed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from marllb.daemon.status import build_status, weights_view
 READ_ONLY = {"status", "weights", "ping"}
 MUTATING = {"reload", "policy", "hold"}
 MAX_LINE = 65536
+MAX_SKIP = 64 << 20   # an over-long request is skipped up to this much, then dropped
+MAX_CLIENTS = 64      # concurrent connections served; more get "busy, retry"
+BACKLOG = 128         # pending connections the kernel queues for accept()
+BUSY_ERROR = "busy, retry: too many concurrent control connections"
 
 
 class ControlError(Exception):
@@ -41,40 +52,98 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         server: ControlServer = self.server  # type: ignore[assignment]
+        if not server.slots.acquire(blocking=False):
+            self._reply({"ok": False, "error": BUSY_ERROR, "busy": True})
+            return
+        try:
+            self._serve(server)
+        finally:
+            server.slots.release()
+
+    def _serve(self, server: ControlServer) -> None:
         try:
             uid = peer_uid(self.request)
         except OSError:
             uid = -1
         while True:
             try:
-                line = self.rfile.readline(MAX_LINE)
-            except (OSError, TimeoutError):
+                line = self.rfile.readline(MAX_LINE + 1)
+            except (OSError, TimeoutError, ValueError):
                 return
             if not line:
                 return
-            reply = server.dispatch(line, uid)
-            try:
-                self.wfile.write(json.dumps(reply).encode() + b"\n")
-                self.wfile.flush()
-            except OSError:
+            if len(line) > MAX_LINE:
+                # answer, skip the rest of the line (bounded) and go on with the next
+                ok = self._reply({"ok": False,
+                                  "error": f"bad request: longer than {MAX_LINE} bytes"})
+                if not ok or not self._skip_line(line):
+                    return
+                continue
+            if not self._reply(server.dispatch(line, uid)):
                 return
+
+    def _skip_line(self, head: bytes) -> bool:
+        """Discard the rest of an over-long line; False if the client should be dropped."""
+        skipped = len(head)
+        while not head.endswith(b"\n"):
+            if skipped > MAX_SKIP:
+                return False
+            try:
+                head = self.rfile.readline(MAX_LINE)
+            except (OSError, TimeoutError, ValueError):
+                return False
+            if not head:
+                return False
+            skipped += len(head)
+        return True
+
+    def _reply(self, reply: dict[str, Any]) -> bool:
+        try:
+            data = json.dumps(reply, default=str, allow_nan=False)
+        except ValueError:   # a NaN somewhere in a status: still valid JSON out
+            data = json.dumps(reply, default=str).replace("NaN", "null")
+        try:
+            self.wfile.write(data.encode() + b"\n")
+            self.wfile.flush()
+        except OSError:
+            return False
+        return True
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = BACKLOG
 
     def __init__(self, path: str, daemon: Any, mode: int = 0o660,
                  group: str | None = None) -> None:
         self.path = path
         self.lbd = daemon
+        self.mode = mode & 0o777
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        gid = grp.getgrnam(group).gr_gid if group else None   # KeyError before binding
         _clear_stale(path)
         super().__init__(path, _Handler)
-        os.chmod(path, mode)
-        if group:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise OSError(f"{path} was replaced while binding (not a socket now)")
+            if gid is not None:
+                os.chown(path, -1, gid, follow_symlinks=False)
+        except BaseException:
+            self.server_close()
+            raise
         self.own_uid = os.geteuid()
         self._thread: threading.Thread | None = None
+
+    def server_bind(self) -> None:
+        """bind() creates the socket file: under a umask that gives exactly ``mode``
+        (no chmod afterwards, so no window with a wider mode and nothing to follow)."""
+        old = os.umask(0o777 & ~self.mode)
+        try:
+            super().server_bind()
+        finally:
+            os.umask(old)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="control",
@@ -93,14 +162,25 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             pass
 
     def dispatch(self, line: bytes, uid: int) -> dict[str, Any]:
+        """One request line -> one reply object; never raises."""
         try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise ValueError("request must be a JSON object")
-        except ValueError as e:
-            return {"ok": False, "error": f"bad request: {e}"}
+            return self._dispatch(line, uid)
+        except Exception as e:  # noqa: BLE001 - a bad request never kills the daemon
+            return {"ok": False, "error": f"bad request: {type(e).__name__}: {e}"}
+
+    def _dispatch(self, line: bytes, uid: int) -> dict[str, Any]:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return {"ok": False, "error": f"bad request: not UTF-8 (byte offset {e.start})"}
+        try:
+            req = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            return {"ok": False, "error": f"bad request: invalid JSON: {e}"}
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "bad request: request must be a JSON object"}
         cmd = req.get("cmd")
-        if cmd not in READ_ONLY | MUTATING:
+        if not isinstance(cmd, str) or cmd not in READ_ONLY | MUTATING:
             return {"ok": False, "error": f"unknown command {cmd!r}; "
                     f"known: {', '.join(sorted(READ_ONLY | MUTATING))}"}
         if cmd in MUTATING and uid not in (0, self.own_uid):
@@ -140,6 +220,8 @@ def _clear_stale(path: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(f"{path} is a symbolic link: refusing to follow it (remove it)")
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -23,6 +23,7 @@ import sys
 from marllb.daemon.config import CLI_KEYS, EX_CONFIG, Config, ConfigError, load_config
 
 
+
 def _default(key: str) -> str:
     f = Config.model_fields[key]
     v = f.get_default(call_default_factory=True)
@@ -61,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     choices=["debug", "info", "warning", "error"],
                     help=f"(default {_default('log_level')})")
     ap.add_argument("--check-config", action="store_true",
-                    help="validate the configuration, print it as JSON and exit")
+                    help="validate the configuration and load its policy and checkpoint "
+                    "(exit 78 on any problem), print it as JSON and exit")
     ap.add_argument("--list-policies", action="store_true", help="list policies and exit")
     args = ap.parse_args(argv)
     if args.policy and "=" in args.policy:   # NAME=CHECKPOINT, as lbsim eval takes it
@@ -79,6 +81,27 @@ def _socket_hint() -> str:
             "lbd's default is under $XDG_RUNTIME_DIR or /tmp/marllb-UID)")
 
 
+def check_policy(cfg: Config) -> str | None:
+    """Load the configured policy and checkpoint as a start would: the problem, or None.
+
+    At start lbd still runs on the fallback heuristic when this fails (loudly);
+    ``--check-config`` fails instead, so a missing checkpoint is caught before."""
+    from pathlib import Path
+
+    from marllb.daemon.checkpoint import paths
+    from marllb.daemon.policies import PolicyError
+    from marllb.daemon.tick import PolicySlot
+
+    ckpt = cfg.checkpoint
+    if ckpt and not any(p.is_file() for p in (Path(ckpt), *paths(ckpt))):
+        return f"checkpoint {ckpt}: no such file"
+    try:
+        PolicySlot.build_strict(cfg.policy, ckpt, cfg.fallback_policy)
+    except PolicyError as e:
+        return f"policy {cfg.policy!r}: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_policies:
@@ -94,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lbd: {e}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        problem = check_policy(cfg)
+        if problem is not None:
+            print(f"lbd: {problem}", file=sys.stderr)
+            return EX_CONFIG
         try:
             print(cfg.model_dump_json(indent=2))
         except BrokenPipeError:

@@ -22,17 +22,25 @@ from typing import Any
 
 import numpy as np
 
+from marllb.daemon._core import lib
 from marllb.daemon.attach import Attacher, Backoff
 from marllb.daemon.config import Config, ConfigError, load_config
 from marllb.daemon.features import Features
 from marllb.daemon.logs import get_logger
 from marllb.daemon.notify import Notifier
 from marllb.daemon.policies import PolicyError
-from marllb.daemon.shm import new_generation
+from marllb.daemon.shm import RegionError, new_generation
 from marllb.daemon.tick import PolicySlot, TickPipeline, TickRecord
 from marllb.daemon.timing import StageTimes
 
 STATUS_EVERY_NS = 1_000_000_000
+# a non-running state that lasts is logged again this often (journal rate limit)
+STATE_REMIND_NS = 60_000_000_000
+# consecutive busy snapshots before the daemon says it is not publishing
+BUSY_TICKS = 3
+# consecutive new msg_out frames, after our first publish, that show the data
+# plane on its static weights before status says our weights are not in force
+NOT_IN_FORCE_FRAMES = 3
 # wake this much before a deadline and spin the rest: select()'s wake-up
 # latency and timer slack would otherwise show up as tick jitter
 SPIN_NS = 300_000
@@ -91,6 +99,17 @@ class Daemon:
         self.socket_path: str | None = None
         self._last_status_ns = 0
         self._in_fallback = False
+        self._state_logged_ns = 0
+        # "is the daemon actually in charge?" bookkeeping (see _in_force_reason)
+        self.busy_ticks = 0
+        self.busy_since_mono: int | None = None
+        self.weights_in_force: bool | None = None   # None: not known yet
+        self._static_frames = 0
+        self._first_pub_frame: int | None = None
+        self._checked_frame = -1
+        self._not_in_force: str | None = None
+        self._rej_base: tuple[int, int, int] | None = None
+        self._seen_base: tuple[int, ...] | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- signals -----------------------------------------------------------------
@@ -132,11 +151,26 @@ class Daemon:
 
     # -- state -------------------------------------------------------------------
     def _set_state(self, state: str, reason: str | None) -> None:
+        """Change state; logged on every change and, while not running, again every
+        STATE_REMIND_NS (the reasons are stable strings, so a lasting problem is not
+        one log line per tick)."""
+        now = time.monotonic_ns()
         if (state, reason) != (self.state, self.reason):
             level = self.log.info if state == "running" else self.log.warning
             level("state", state=state, reason=reason)
             self.state, self.reason = state, reason
+            self._state_logged_ns = now
             self._send_status(force=True)
+        elif state != "running" and now - self._state_logged_ns >= STATE_REMIND_NS:
+            self.log.warning("state_persists", state=state, reason=reason)
+            self._state_logged_ns = now
+
+    @property
+    def publishing(self) -> bool:
+        """True when the latest tick read a frame and published weights for it."""
+        return (self.attacher.current is not None and self.busy_ticks < BUSY_TICKS
+                and self.last is not None and self.last.published
+                and self.state != "waiting")
 
     def status_line(self) -> str:
         if self.state == "waiting":
@@ -166,6 +200,8 @@ class Daemon:
                 self.notifier.reloading()
             try:
                 result = self._reload()
+            except Exception as e:  # noqa: BLE001 - a reload never kills the daemon
+                result = {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
             finally:
                 if self.ready_sent:  # READY only ever after the first good tick
                     self.notifier.ready()
@@ -270,11 +306,13 @@ class Daemon:
             now = time.monotonic_ns()
             gone = self.attacher.check()
             if gone is not None:
-                self.log.warning("data_plane_lost", reason=gone)
-                self.attacher.detach()
-                self._set_state("waiting", f"waiting for data plane: {gone}")
+                self._lost(gone)
                 continue
-            self._tick(now, now - deadline)
+            try:
+                self._tick(now, now - deadline)
+            except RegionError as e:   # e.g. truncated between check() and the tick
+                self._lost(str(e))
+                continue
             k += 1
             after = time.monotonic_ns()
             if after >= start + k * interval:
@@ -288,6 +326,13 @@ class Daemon:
         self.attacher.detach()
         return 0
 
+    def _lost(self, why: str) -> None:
+        """Stop touching the region (detach) and wait for a valid one again."""
+        self.log.warning("data_plane_lost", reason=why)
+        self.attacher.detach()
+        self.weights_in_force = None
+        self._set_state("waiting", f"waiting for data plane: {why}")
+
     def _attach(self) -> bool:
         reason = self.attacher.try_attach()
         self.notifier.watchdog()
@@ -299,6 +344,14 @@ class Daemon:
         self.pipeline.reset()
         self.last_frame_no = -1
         self.last_frame_mono = time.monotonic_ns()
+        self.busy_ticks = 0
+        self.busy_since_mono = None
+        self.weights_in_force = None
+        self._static_frames = 0
+        self._first_pub_frame = None
+        self._checked_frame = -1
+        self._not_in_force = None
+        self._rej_base = None
         region = self.attacher.region
         self.log.info("attached", region=region.name, dp_gen=f"{region.generation:#x}",
                       n_servers=region.n_servers, n_workers=region.n_workers,
@@ -317,6 +370,7 @@ class Daemon:
 
     def _tick(self, start_ns: int, jitter_ns: int) -> None:
         cfg = self.cfg
+        busy_before = self.pipeline.snapshot_busy
         with self.lock:
             hold = self.hold_weights if self.hold else None
             rec = self.pipeline.run_once(
@@ -326,10 +380,11 @@ class Daemon:
             )
         self.notifier.watchdog()
         if rec is None:
-            if self.state != "running" or self.last is None:
-                self._set_state("waiting", "attached; waiting for the first msg_out frame")
+            self._no_frame(self.pipeline.snapshot_busy != busy_before, start_ns)
             self._send_status()
             return
+        self.busy_ticks = 0
+        self.busy_since_mono = None
         self.ticks += 1
         if rec.features.sanitized:
             self.sanitized_frames += 1
@@ -351,6 +406,7 @@ class Daemon:
         elif self._in_fallback:
             self.log.info("policy_recovered", policy=rec.policy_name)
         self._in_fallback = bool(rec.fallback_reason)
+        not_in_force = self._in_force_reason(rec)
         if rec.features.n == 0:
             self._set_state("degraded", "data plane reports no servers")
         elif not rec.published:
@@ -358,9 +414,79 @@ class Daemon:
                             f"{cfg.stale_after_ms / 1e3:g}s")
         elif rec.fallback_reason:
             self._set_state("degraded", f"fallback to {rec.policy_name}: {rec.fallback_reason}")
+        elif not_in_force is not None:
+            self._set_state("degraded", not_in_force)
         else:
             self._set_state("running", None)
         self._send_status()
+
+    def _no_frame(self, busy: bool, now_ns: int) -> None:
+        """A tick that read no frame: none yet, or busy (a writer mid-write or stuck)."""
+        if not busy:
+            if self.last is None or self.state == "waiting":
+                self._set_state("waiting", "attached; waiting for the first msg_out frame")
+            return
+        self.busy_ticks += 1
+        if self.busy_since_mono is None:
+            self.busy_since_mono = now_ns
+        if self.busy_ticks >= BUSY_TICKS:
+            # nothing is published while this lasts: the data plane's TTL will
+            # expire our last weights and it falls back to its static ones
+            self.weights_in_force = False if self.last is not None else self.weights_in_force
+            self._set_state("degraded", "not publishing: msg_out is busy on every read "
+                            "(frame counter left odd: a data-plane writer stuck or died "
+                            "mid-write?)")
+
+    def _in_force_reason(self, rec: TickRecord) -> str | None:
+        """Why the data plane is NOT using our weights, judged from its msg_out
+        frames (weights_source), or None when they are in force or it is too early
+        to tell.  A frame is only evidence after we published and once the data
+        plane has reacted to some msg_in (its accepted/rejected counters moved: a
+        writer that never reads msg_in proves nothing); NOT_IN_FORCE_FRAMES
+        consecutive such frames on static weights make the verdict."""
+        f = rec.features
+        meta = f.meta
+        if not meta or f.n == 0:
+            return None
+        rej = (int(meta.get("msg_in_rej_stale", 0)), int(meta.get("msg_in_rej_gen", 0)),
+               int(meta.get("msg_in_rej_invalid", 0)))
+        seen = (int(meta.get("msg_in_accepted", 0)), *rej)
+        if self._first_pub_frame is None:
+            if rec.published:
+                self._first_pub_frame = f.frame_no
+                self._checked_frame = f.frame_no
+                self._rej_base = rej
+                self._seen_base = seen
+            return None
+        if f.frame_no == self._checked_frame:     # no new evidence: keep the verdict
+            return self._not_in_force
+        self._checked_frame = f.frame_no
+        if int(meta.get("weights_source", 0)) == lib.MLB_SRC_DAEMON:
+            self.weights_in_force = True
+            self._static_frames = 0
+            self._rej_base = rej
+            self._not_in_force = None
+            return None
+        if seen == self._seen_base:      # it has not looked at any msg_in of ours yet
+            return self._not_in_force
+        self._static_frames += 1
+        if self._static_frames < NOT_IN_FORCE_FRAMES:
+            return self._not_in_force
+        self.weights_in_force = False
+        base = self._rej_base or (0, 0, 0)
+        d_stale, d_gen, d_inv = (a - b for a, b in zip(rej, base, strict=True))
+        why = "the data plane keeps its static weights"
+        if d_stale >= max(d_gen, d_inv) and d_stale > 0:
+            why += (": it rejects our msg_in as older than its TTL (TTL too short for the "
+                    "tick and the data plane's clock? set ttl_ms / --ttl-ms)")
+        elif d_gen > 0 and d_gen >= d_inv:
+            why += ": it rejects our msg_in as computed for another data-plane generation"
+        elif d_inv > 0:
+            why += ": it rejects our msg_in as invalid"
+        else:
+            why += ": our weights expire between publishes (TTL shorter than the tick?)"
+        self._not_in_force = f"weights not in force: {why}"
+        return self._not_in_force
 
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):

@@ -54,16 +54,54 @@ class RegionTooShort(RegionError):
     pass
 
 
+class RegionShrunk(RegionTooShort):
+    """The region's file got shorter than our mapping (truncated under us).
+
+    Touching the mapping past the new end would be SIGBUS, so every access
+    through ``Region`` re-checks the size first and raises this instead; the
+    daemon detaches and re-attaches when a valid region is back."""
+
+
 class RegionBusy(RegionError):
     """A consistent snapshot could not be taken within the retry bound."""
 
 
+# NAME_MAX of the shm filesystem is 255; the header keeps MLB_NAME_LEN bytes of it
+MAX_NAME_LEN = lib.MLB_NAME_LEN - 2
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid region name, or None.
+
+    POSIX shm rules as this project applies them: at most one leading slash
+    (``vip0`` and ``/vip0`` are the same region), no other slash, no NUL, not
+    ``.`` or ``..`` (they name directories), 1..MAX_NAME_LEN bytes."""
+    if not isinstance(name, str):
+        return "must be a string"
+    bare = name[1:] if name.startswith("/") else name
+    if not bare:
+        return "is empty"
+    if "\0" in bare:
+        return "contains a NUL byte"
+    if "/" in bare:
+        return "contains a '/' (only one leading slash is allowed)"
+    if bare in (".", ".."):
+        return f"{bare!r} is not a region name"
+    try:
+        n = len(bare.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if n > MAX_NAME_LEN:
+        return f"is {n} bytes long, at most {MAX_NAME_LEN}"
+    return None
+
+
 def shm_name(name: str) -> str:
-    """POSIX shm names start with exactly one slash and contain no other."""
-    bare = name.lstrip("/")
-    if not bare or "/" in bare:
-        raise RegionError(f"invalid region name {name!r}: use letters, digits, '-', '_', '.'")
-    return "/" + bare
+    """The POSIX shm name: exactly one leading slash; RegionError for an invalid name."""
+    why = name_problem(name)
+    if why is not None:
+        raise RegionError(f"invalid region name {name!r}: {why}")
+    return "/" + name.removeprefix("/")
 
 
 def new_generation() -> int:
@@ -100,13 +138,15 @@ def _layout_detail(hdr: Any) -> str:
 class Region:
     """One mapped region. Use ``Region.create`` or ``Region.attach``."""
 
-    def __init__(self, name: str, mm: mmap.mmap, owner: bool) -> None:
+    def __init__(self, name: str, mm: mmap.mmap, owner: bool, fd: int | None = None) -> None:
         self.name = shm_name(name)
         self._mm = mm
         self._buf = ffi.from_buffer(mm)
         self.ptr = ffi.cast("mlb_region_t *", self._buf)
         self.owner = owner
         self.size = len(mm)
+        # kept open to re-check the size before every access (see size_problem)
+        self._fd = fd
 
     # -- lifecycle ---------------------------------------------------------
     @classmethod
@@ -136,12 +176,16 @@ class Region:
             raise RegionExists(f"region {path} already exists (another data plane?)") from e
         except posix_ipc.PermissionsError as e:
             raise RegionPermission(f"permission denied creating region {path}") from e
+        fd = os.dup(shm.fd)
         try:
-            os.fchmod(shm.fd, mode)  # shm_open applies the umask; we want exactly mode
-            mm = mmap.mmap(shm.fd, size)
+            os.fchmod(fd, mode)  # shm_open applies the umask; we want exactly mode
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
         finally:
             shm.close_fd()
-        region = cls(path, mm, owner=True)
+        region = cls(path, mm, owner=True, fd=fd)
         gen = generation if generation is not None else new_generation()
         rc = lib.mlb_region_init(
             region.ptr, size, n_servers, n_workers, gen, publish_interval_ns,
@@ -167,18 +211,24 @@ class Region:
                 f"permission denied opening region {path} "
                 f"({'read-write' if flags_rw == os.O_RDWR else 'read-only'})"
             ) from e
+        fd = os.dup(shm.fd)
         try:
-            size = os.fstat(shm.fd).st_size
+            size = os.fstat(fd).st_size
             hdr_size = ffi.sizeof("mlb_header_t")
             if size < hdr_size:
                 raise RegionTooShort(
                     f"region {path} is {size} bytes, shorter than its header ({hdr_size})"
                 )
+            if size > lib.mlb_region_size():
+                size = lib.mlb_region_size()   # a grown file: map what the ABI needs only
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            mm = mmap.mmap(shm.fd, size, prot=prot)
+            mm = mmap.mmap(fd, size, prot=prot)
+        except BaseException:
+            os.close(fd)
+            raise
         finally:
             shm.close_fd()
-        region = cls(path, mm, owner=False)
+        region = cls(path, mm, owner=False, fd=fd)
         try:
             region.validate()
         except RegionError:
@@ -188,6 +238,7 @@ class Region:
 
     def validate(self) -> None:
         """Check magic, ABI version and layout; raise a RegionError naming the problem."""
+        self._guard()
         rc = lib.mlb_region_validate(self._buf, self.size)
         hdr = self.ptr.hdr
         if rc == lib.MLB_OK:
@@ -209,8 +260,38 @@ class Region:
             )
         raise RegionAbiMismatch(f"region {self.name}: {_layout_detail(hdr)}")
 
+    def size_problem(self) -> str | None:
+        """Why touching the mapping now could fault (SIGBUS), or None when it is safe.
+
+        A region's file can be truncated by anything that may write it; pages
+        past the new end then fault on access.  ``fstat`` on our own fd sees
+        the current size, so it is checked before every access (about 1 us)."""
+        if self._fd is None:
+            return None if self._mm is not None else f"region {self.name} is closed"
+        try:
+            now = os.fstat(self._fd).st_size
+        except OSError as e:
+            return f"region {self.name}: fstat failed: {e.strerror or e}"
+        if now < self.size:
+            return (f"region {self.name} shrank to {now} bytes while mapped "
+                    f"({self.size} bytes): truncated by another process")
+        return None
+
+    def _guard(self) -> None:
+        if self._mm is None:
+            raise RegionError(f"region {self.name} is closed")
+        why = self.size_problem()
+        if why is not None:
+            raise RegionShrunk(why)
+
     def close(self) -> None:
         """Unmap (the region itself stays; see ``unlink``)."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
         if self._mm is None:
             return
         ffi.release(self._buf)  # from_buffer pins the mmap: release before close
@@ -230,30 +311,32 @@ class Region:
     # -- header ----------------------------------------------------------------
     @property
     def hdr(self) -> Any:
+        self._guard()
         return self.ptr.hdr
 
     @property
     def generation(self) -> int:
-        return int(self.ptr.hdr.dp_generation)
+        return int(self.hdr.dp_generation)
 
     @property
     def n_servers(self) -> int:
-        return int(self.ptr.hdr.n_servers)
+        return int(self.hdr.n_servers)
 
     @property
     def n_workers(self) -> int:
-        return int(self.ptr.hdr.n_workers)
+        return int(self.hdr.n_workers)
 
     def heartbeat_ns(self) -> int:
-        return int(lib.mlb_region_load_u64(ffi.addressof(self.ptr.hdr, "heartbeat_ns")))
+        return int(lib.mlb_region_load_u64(ffi.addressof(self.hdr, "heartbeat_ns")))
 
     def out_published(self) -> int:
-        return int(lib.mlb_region_load_u64(ffi.addressof(self.ptr.hdr, "out_published")))
+        return int(lib.mlb_region_load_u64(ffi.addressof(self.hdr, "out_published")))
 
     def in_published(self) -> int:
-        return int(lib.mlb_region_load_u64(ffi.addressof(self.ptr.hdr, "in_published")))
+        return int(lib.mlb_region_load_u64(ffi.addressof(self.hdr, "in_published")))
 
     def heartbeat(self, now_ns: int) -> None:
+        self._guard()
         lib.mlb_region_heartbeat(self.ptr, now_ns)
 
     # -- consistent reads ----------------------------------------------------------
@@ -263,17 +346,20 @@ class Region:
         Returns the retries used; raises RegionBusy, or LookupError before the
         first frame."""
         retries = ffi.new("uint32_t *")
+        self._guard()
         rc = lib.mlb_out_snapshot(self.ptr, dst, tries, retries)
         return _check_read(rc, retries[0], self.name, "msg_out")
 
     def snapshot_view(self, dst: Any, rng: Any, tries: int = DEFAULT_TRIES) -> int:
         """Latest msg_out with per-server reservoirs merged across workers."""
         retries = ffi.new("uint32_t *")
+        self._guard()
         rc = lib.mlb_out_snapshot_view(self.ptr, dst, rng, tries, retries)
         return _check_read(rc, retries[0], self.name, "msg_out")
 
     def snapshot_in(self, dst: Any, tries: int = DEFAULT_TRIES) -> int:
         retries = ffi.new("uint32_t *")
+        self._guard()
         rc = lib.mlb_in_snapshot(self.ptr, dst, tries, retries)
         return _check_read(rc, retries[0], self.name, "msg_in")
 
@@ -281,15 +367,19 @@ class Region:
     @contextmanager
     def write_out(self) -> Iterator[Any]:
         """Fill the next msg_out frame; published when the block exits."""
+        self._guard()
         frame = lib.mlb_out_begin(self.ptr)
         yield frame
+        self._guard()
         lib.mlb_out_commit(self.ptr, frame)
 
     @contextmanager
     def write_in(self) -> Iterator[Any]:
         """Fill the next msg_in message; published when the block exits."""
+        self._guard()
         msg = lib.mlb_in_begin(self.ptr)
         yield msg
+        self._guard()
         lib.mlb_in_commit(self.ptr, msg)
 
 

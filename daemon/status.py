@@ -56,9 +56,28 @@ def build_status(d: Any) -> dict[str, Any]:
         reload_info = {k: v for k, v in d.last_reload.items() if k != "mono_ns"}
         reload_info["age_s"] = _r((now - d.last_reload["mono_ns"]) / 1e9, 1)
     fallback_reason = rec.fallback_reason if rec is not None else slot.fallback_reason
+    publishing = bool(getattr(d, "publishing", False))
+    in_force = getattr(d, "weights_in_force", None)
+    last_reload_error = None
+    if d.last_reload is not None and not d.last_reload.get("ok"):
+        last_reload_error = d.last_reload.get("error")
     return {
+        # state: "running" ONLY while fresh weights are published and nothing says
+        # the data plane is not using them; otherwise waiting/degraded + a reason
         "state": d.state,
         "reason": d.reason,
+        "state_reason": d.reason,
+        "publishing": publishing,
+        # True when the data plane's latest frames say the daemon's weights are in
+        # force (weights_source = daemon) and the daemon is still publishing;
+        # False when not, or not known (nothing published, detached, busy)
+        "weights_in_force": bool(in_force) and publishing,
+        "weights_in_force_known": in_force is not None,
+        "dataplane_weights_source": (
+            None if f is None or "weights_source" not in f.meta
+            else ("daemon" if f.meta["weights_source"] == lib.MLB_SRC_DAEMON else "static")),
+        "busy_ticks": getattr(d, "busy_ticks", 0),
+        "config_error": last_reload_error,
         "pid": os.getpid(),
         "version": VERSION,
         "uptime_s": _r((now - d.started_mono) / 1e9, 1),

@@ -32,6 +32,7 @@ WINDOW = 64          # distinct frames the clock estimate spans
 MIN_SPAN_NS = 50_000_000   # monotonic span below which the rate is not trusted yet
 RATE_BOUNDS = (1e-3, 1e4)  # a clock "rate" outside this is a broken clock: ignore it
 PROVISIONAL_MIN_NS = 2_000_000_000   # data-plane ns, only before the rate is known
+MAX_TTL_NS = 10_000_000_000   # the data plane's own cap (MLB_DP_TTL_MAX_MS): never ask more
 
 
 class TtlSpec(int):
@@ -107,5 +108,5 @@ class DpClock:
             ttl = max(int(spec), 2 * (self.frame_interval_ns + tick), PROVISIONAL_MIN_NS)
         else:
             ttl = max(4 * r * tick, 2 * (self.frame_interval_ns + r * tick))
-        self.last_ttl_ns = int(ttl)
+        self.last_ttl_ns = int(min(ttl, MAX_TTL_NS))
         return self.last_ttl_ns

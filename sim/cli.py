@@ -25,7 +25,7 @@ EX_USAGE = 2
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
-EX_CANTCREAT = 73
+EX_IOERR = 74
 EX_CONFIG = 78
 TRAIN_EXTRA = "pip install 'marllb[train]'"
 # lbsim dataplane --mode: the data plane's selection mode (spelled as in the VPP
@@ -259,16 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from marllb.daemon.fsutil import OutputError
+
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # recorded by lbsim train
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except ModuleNotFoundError as e:   # a subcommand that imports torch when it runs
-        if not _needs_torch(e):
-            raise
-        return _die(f"lbsim {args.cmd} needs torch, which is not installed: {TRAIN_EXTRA}",
-                    EX_UNAVAILABLE)
+    except OutputError as e:   # disk full, permissions: one line; old outputs are intact
+        return _die(f"{e.strerror or e} (previous outputs left as they were)", EX_IOERR)
 
 
 if __name__ == "__main__":

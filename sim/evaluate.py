@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from marllb.daemon.fsutil import atomic_file, atomic_write_text
 from marllb.sim.cluster import ORACLE, Cluster, SimResult, scenario_trace
 from marllb.sim.metrics import METRICS as SLA_METRICS
 from marllb.sim.metrics import plot_sla_fairness, sla_fairness
@@ -169,11 +170,13 @@ def write_report(out: Path, scenario: str, trace: str | None,
                  seeds: int, plots: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"scenario": scenario, "trace": trace, "policies": results}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    (out / "summary.md").write_text(markdown_table(scenario, trace, results, seeds))
+    # atomic writes: a kill or a full disk leaves the previous complete files
     details = {pol: r.details() for pol, r in firsts.items()}
-    (out / "details.json").write_text(json.dumps(
+    atomic_write_text(out / "details.json", json.dumps(
         {"note": "seed 0 of each policy", "policies": details}, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", markdown_table(scenario, trace, results, seeds))
+    atomic_write_text(out / "summary.json",
+                      json.dumps(summary, indent=2, allow_nan=True) + "\n")
     if plots:
         plot(firsts, out)
         plot_sla_fairness(results, out / "sla_fairness.png")

@@ -15,21 +15,45 @@ a daemon ticking every 250 ms of wall time is 250·X ms old in data-plane
 terms.
 
 On SIGTERM / SIGINT (or at the end of the trace, after draining) it writes
-its summary JSON and unlinks its regions.
+its summary JSON (atomically) and unlinks its regions.
+
+A region truncated under it (by anything that can write it) is never touched
+past its new end (that would be SIGBUS): before every timer call the size is
+re-checked (and the header validated), and a shrunk or overwritten region is
+replaced by a fresh one under the same name with a new generation (one line on
+stderr), as a restarted data plane would; an attached lbd sees the new region
+and re-attaches.
 """
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from marllb.daemon.fsutil import atomic_write_json
 from marllb.sim.cluster import Cluster, SimResult
 from marllb.sim.lb import SimLB
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace
+
+
+def _region_problem(reg: Any) -> str | None:
+    """Why our own region is no longer safe or usable: truncated under us, or its
+    header overwritten (then the core would refuse every timer call in silence)."""
+    from marllb.daemon.shm import RegionError
+
+    why = reg.size_problem()
+    if why is not None:
+        return why
+    try:
+        reg.validate()
+    except RegionError as e:
+        return f"region header overwritten: {e}"
+    return None
 
 
 def region_names(name: str, n_lbs: int) -> list[str]:
@@ -53,18 +77,38 @@ class Dataplane:
         self.regions: list[Any] = []
         self._stop = False
         self.ticks = 0
+        self.recreated = 0
+        self._create_kw: dict[str, dict[str, Any]] = {}
 
     def _make_lb(self, k: int, **kw: Any) -> SimLB:
         from marllb.daemon.shm import Region
 
-        reg = Region.create(self.names[k], kw["n_servers"], kw["n_workers"],
-                            publish_interval_ns=kw["publish_interval_ns"],
-                            replace=self.replace)
+        create_kw = {"n_servers": kw["n_servers"], "n_workers": kw["n_workers"],
+                     "publish_interval_ns": kw["publish_interval_ns"]}
+        reg = Region.create(self.names[k], replace=self.replace, **create_kw)
+        self._create_kw[reg.name] = create_kw
         self.regions.append(reg)
         return SimLB(region=reg, **kw)
 
+    def _recreate(self, lb: SimLB, why: str) -> None:
+        """Replace a region that shrank under us (see the module doc)."""
+        from marllb.daemon.shm import Region
+
+        old = lb.shm
+        print(f"lbsim dataplane: {why}; recreating region {old.name} with a new "
+              "generation", file=sys.stderr, flush=True)
+        new = Region.create(old.name, replace=True, **self._create_kw[old.name])
+        lb.shm, lb.region = new, new.ptr
+        self.regions[self.regions.index(old)] = new
+        old.close()
+        self.recreated += 1
+
     def _on_tick(self, t: float, now_ns: int, lbs: list[SimLB]) -> bool:
         for lb in lbs:
+            if lb.shm is not None:
+                why = _region_problem(lb.shm)
+                if why is not None:
+                    self._recreate(lb, why)
             lb.timer(now_ns)
         self.ticks += 1
         if self._stop:
@@ -129,7 +173,7 @@ def summary_dict(sc: Scenario, trace: str | None, res: SimResult, names: list[st
 
 
 def write_summary(path: Path, d: dict[str, Any]) -> None:
-    from marllb.daemon.fsutil import atomic_write_json
-
+    """Atomically (a kill leaves the previous summary or the new one); OutputError if
+    it cannot be written (disk full, ...), the previous one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, d)

@@ -157,6 +157,12 @@ def test_mismatched_checkpoints_refused(trained: Path, tmp_path: Path) -> None:
         pol.reset(7)
     (tmp_path / "garbage.json").write_text("{not json")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(PolicyError, match="garbage.safetensors: unreadable tensors: header"):
+        make_policy("qmix", checkpoint=str(tmp_path / "garbage"))
+    # an old-style pair (no metadata embedded in the tensors) with a broken sidecar
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(2, dtype=np.float32)}, str(tmp_path / "garbage.safetensors"))
     with pytest.raises(PolicyError, match="garbage.json: unreadable JSON"):
         make_policy("qmix", checkpoint=str(tmp_path / "garbage"))
 
@@ -164,16 +170,16 @@ def test_mismatched_checkpoints_refused(trained: Path, tmp_path: Path) -> None:
 def test_daemon_falls_back_on_non_finite_output(trained: Path, tmp_path: Path) -> None:
     from marllb.daemon.tick import PolicySlot
 
-    tensors, meta = ckpt.load(trained)
-    tensors["head.bias"] = tensors["head.bias"].copy()
-    tensors["head.bias"][:] = np.nan
-    poisoned = ckpt.save(tmp_path / "nan", tensors, meta)
+    # NaN tensors are refused at load (test_reliability_checkpoint); poison a
+    # loaded network in memory to get a policy whose output is non-finite
     feats = _features_sequence(3.0)
-    pol = make_policy("qmix", checkpoint=str(poisoned))
+    pol = make_policy("qmix", checkpoint=str(trained))
+    pol.net.bh[:] = np.nan
     pol.reset(feats[0].n)
     assert np.all(np.isnan(pol.act(feats[-1])))
-    slot = PolicySlot("qmix", str(poisoned), "sed")
+    slot = PolicySlot("qmix", str(trained), "sed")
     assert slot.policy is not None and slot.load_error is None
+    slot.policy.net.bh = np.full_like(slot.policy.net.bh, np.nan)
     w, used, reason = slot.act(feats[-1])
     assert used.name == "sed"
     assert reason is not None and "non-finite" in reason

@@ -82,7 +82,6 @@ def test_is_finite_output():
 
 
 def test_linear_policy_checkpoint(tmp_path):
-    import json
 
     from marllb.daemon.features import FEATURE_NAMES
     from marllb.daemon.policies.linear import save_linear
@@ -94,10 +93,12 @@ def test_linear_policy_checkpoint(tmp_path):
     assert p.mode == lib.MLB_MODE_WRANDOM
     np.testing.assert_allclose(p.act(feats((0.0, 1.0, 2.0))), np.exp([0.0, 1.0, 2.0]), rtol=1e-6)
     # a feature set that does not match is refused with a clear reason
-    meta_path = tmp_path / "lin.json"
-    meta = json.loads(meta_path.read_text())
+    # (the metadata lives inside the one checkpoint file: re-save it edited)
+    from marllb.daemon import checkpoint as ckpt
+
+    tensors, meta = ckpt.load(path)
     meta["features"]["names"] = ["active"]
-    meta_path.write_text(json.dumps(meta))
+    ckpt.save(path, tensors, meta)
     with pytest.raises(PolicyError, match="trained on features"):
         make_policy("linear", checkpoint=path)
     with pytest.raises(PolicyError, match="no such file"):
