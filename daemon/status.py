@@ -123,8 +123,29 @@ def build_status(d: Any) -> dict[str, Any]:
         "config": d.config_path,
         "socket": d.socket_path,
         "metrics": d.metrics_address,
-        "servers": servers_table(rec),
+        "ttl_ms": _ttl_ms(d),
+        "dp_clock_rate": _clock_rate(d),
+        "servers": _named(servers_table(rec), getattr(cfg, "server_names", {})),
     }
+
+
+def _ttl_ms(d: Any) -> float | None:
+    clock = getattr(d.pipeline, "dp_clock", None)
+    ttl = getattr(clock, "last_ttl_ns", None)
+    return _r(ttl / 1e6, 1) if ttl else None
+
+
+def _clock_rate(d: Any) -> float | None:
+    rate = getattr(getattr(d.pipeline, "dp_clock", None), "rate", None)
+    return _r(rate, 4) if rate else None
+
+
+def _named(rows: list[dict[str, Any]], names: dict[int, str]) -> list[dict[str, Any]]:
+    """Server names/addresses from lbd's config ([servers]); the ABI has ids only."""
+    for row in rows:
+        if row["id"] in names:
+            row["name"] = names[row["id"]]
+    return rows
 
 
 def weights_view(d: Any) -> dict[str, Any]:
