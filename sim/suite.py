@@ -141,7 +141,8 @@ def markdown(report: dict[str, Any], title: str = "Evaluation suite") -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """User JCT mean and p99 of each policy relative to the best baseline, per case."""
+    """User JCT mean and p99 of each policy relative to the best baseline, per
+    case (mean over runs of the per-run ratio, as in the tables)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,16 +155,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     x = np.arange(len(cases))
     for ax, key, label in zip(axes, scoring.VERDICT_KEYS, ("mean", "p99"), strict=True):
         for i, p in enumerate(pols):
-            vals = []
+            vals = []   # the table's figure: mean over runs of the paired ratio
             for c in cases:
                 b = scoring.best_baseline(c["policies"], key)
-                pm = c["policies"][p][key]["mean"]
-                bm = c["policies"][b][key]["mean"] if b else np.nan
-                vals.append(pm / bm if bm else np.nan)
+                vals.append(1.0 + scoring.compare(c["policies"][p], c["policies"][b],
+                                                  key)["rel"] if b else np.nan)
             ax.bar(x + (i - len(pols) / 2 + 0.5) * width, vals, width, label=p)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
-        ax.set_ylabel(f"user JCT {label} / best baseline")
+        ax.set_ylabel(f"user JCT {label} / best baseline\n(mean of per-run ratios)")
         ax.grid(True, axis="y", alpha=0.3)
     axes[-1].set_xticks(x, [c["name"] for c in cases], rotation=30, ha="right", fontsize=8)
     axes[0].legend(fontsize=7, ncol=min(5, len(pols)))
