@@ -52,9 +52,18 @@ def make_case(name: str, seeds: int) -> Case:
         return Case(name, fam.static_right,
                     [(sc, 0) for sc in scengen.eval_scenarios(name, seeds)])
     sc = load_scenario(name)
-    right = SHIPPED_STATIC_RIGHT.get(sc.name, all(
-        g.interference is None for g in sc.servers))
+    right = SHIPPED_STATIC_RIGHT.get(sc.name, static_right(sc))
     return Case(sc.name, right, [(sc, s) for s in range(seeds)])
+
+
+def static_right(sc: Scenario) -> bool:
+    """A scenario file's tag: static weights proportional to cores x speed and
+    no capacity events."""
+    if any(g.interference is not None for g in sc.servers):
+        return False
+    ratio = [(g.static_weight if g.static_weight is not None else g.cores * g.speed)
+             / (g.cores * g.speed) for g in sc.servers]
+    return max(ratio) / min(ratio) < 1.0 + 1e-6
 
 
 def run_one(sc: Scenario, trace_seed: int, spec: str) -> dict[str, float]:
