@@ -80,8 +80,10 @@ class Config(BaseModel):
     checkpoint: str | None = Field(None, description="learned policy checkpoint path")
     fallback_policy: str = Field("sed", description="heuristic used when the policy fails")
     w_min: float = Field(0.1, ge=MIN_WEIGHT, le=MAX_WEIGHT,
-                         description="smallest weight of an up server")
-    w_max: float = Field(10.0, gt=0, le=MAX_WEIGHT, description="largest weight")
+                         description="smallest weight of an up server, relative to its static "
+                         "weight after normalisation (see sanitize.py)")
+    w_max: float = Field(10.0, gt=0, le=MAX_WEIGHT, description="largest weight relative to "
+                         "static; w_max / w_min bounds the ratio between two servers")
     ttl_ms: float = Field(0.0, ge=0, le=MAX_TTL_MS,
                           description="weights' TTL in data-plane milliseconds; 0: derived "
                           "from the tick and the observed data-plane clock (ttl.py), <= 10 s")

@@ -23,7 +23,6 @@ import sys
 from marllb.daemon.config import CLI_KEYS, EX_CONFIG, Config, ConfigError, load_config
 
 
-
 def _default(key: str) -> str:
     f = Config.model_fields[key]
     v = f.get_default(call_default_factory=True)

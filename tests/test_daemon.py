@@ -201,6 +201,9 @@ def test_ready_weights_and_status(running):
     assert st["servers"][3]["fct_count"] == 10
     assert st["servers"][1]["new_flows_per_s"] > 0
     assert st["dp_gen"] == f"{dp.generation:#018x}"
+    # relative weights: the ratio bound and whether it bit (daemon/sanitize.py)
+    assert st["ratio_bound"] == 100.0
+    assert st["bound_clipped"] == 0 and st["bound_clipped_ticks"] == 0
 
 
 def test_ticks_at_configured_rate(running):
@@ -291,7 +294,11 @@ def test_garbage_statistics_give_sane_weights(running):
     wait_for(lambda: lbd.status()["msg_seq"] > seq0 + 5, what="ticks on garbage")
     w = dp.weights()
     assert w is not None and all(math.isfinite(x) for x in w)
-    assert all(0.1 <= x <= 10.0 for x in w), w   # up servers: within [w_min, w_max]
+    # weights are relative to static (daemon/sanitize.py): the garbage static
+    # weights were clamped to [0, 1e9]; up servers get w_min..w_max x static and
+    # the ratio between two servers stays within w_max / w_min
+    assert all(0 < x <= 10.0 * 1e9 for x in w), w
+    assert max(w) / min(w) <= 100.0 * (1 + 1e-9), w
     st = lbd.status()
     assert lbd.proc.poll() is None
     assert st["sanitized_frames"] > 0 and st["sanitized_values"] > 0
