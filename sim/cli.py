@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:   # a trainer imports torch only when it runs
+        if not _needs_torch(e):
+            raise
+        return _die(f"lbsim {args.cmd} needs torch, which is not installed: {TRAIN_EXTRA}",
+                    EX_UNAVAILABLE)
     except OutputError as e:   # disk full, permissions: one line; old outputs are intact
         return _die(f"{e.strerror or e} (previous outputs left as they were)", EX_IOERR)
 
