@@ -12,6 +12,7 @@ import os
 import stat
 import tomllib
 from pathlib import Path
+from socket import gethostname
 from typing import Any, Literal
 
 from pydantic import (
@@ -100,6 +101,17 @@ class Config(BaseModel):
     socket_group: str | None = Field(None, description="group owning the control socket")
     metrics: str = Field("127.0.0.1:9464", description="Prometheus HOST:PORT; '' disables")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    checkpoint_store: str = Field("/var/lib/marllb/checkpoints",
+                                  description="versioned checkpoints (policy = NAME@VERSION)")
+    lb_id: str = Field(default_factory=gethostname, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                       description="this LB's id in a canary plan (default: the host name)")
+    canary_plan: str = Field("", description="canary plan file (lbctl canary start); '' off")
+    canary_board: str = Field("/var/lib/marllb/board",
+                              description="directory of per-LB canary outcomes (shared)")
+    trajectory_log: str = Field("", description="bounded on-disk log of (observation, "
+                                "weights) per tick for fine-tuning; '' off")
+    trajectory_log_max_mb: float = Field(256.0, ge=1.0, le=1e6,
+                                         description="the log's size bound")
     servers: dict[str, str] = Field(
         default_factory=dict, description="server id -> name or address, for lbctl and metrics")
 
@@ -151,6 +163,17 @@ class Config(BaseModel):
         from marllb.daemon.policies import discover
 
         known = discover()
+        if "@" in v:   # NAME@VERSION from the checkpoint store (resolved and verified on load)
+            from marllb.daemon.versions import VersionError, parse_ref
+
+            try:
+                v = str(parse_ref(v))
+            except VersionError as e:
+                raise ValueError(str(e)) from None
+            if v.partition("@")[0] not in known:
+                raise ValueError(f"unknown policy {v.partition('@')[0]!r}; known: "
+                                 f"{', '.join(sorted(known))}")
+            return v
         if v not in known:
             raise ValueError(f"unknown policy {v!r}; known: {', '.join(sorted(known))}")
         return v

@@ -263,6 +263,8 @@ def _deltas(prev: dict[str, Any] | None, st: dict[str, Any]) -> str:
 # -- CLI ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from marllb.daemon.rollout import DEFAULT_STORE, add_canary_parser
+
     sock = client_socket()
     ap = argparse.ArgumentParser(
         prog="lbctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,8 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("set", help="switch to policy NAME[=CHECKPOINT]",
                          description="Switch to policy NAME (a learned one may name its "
                          "checkpoint: NAME=CHECKPOINT or --checkpoint) until the next reload.")
-    ps.add_argument("name", metavar="NAME[=CHECKPOINT]")
+    ps.add_argument("name", metavar="NAME[=CHECKPOINT]|NAME@VERSION")
     ps.add_argument("--checkpoint", help="checkpoint for a learned policy")
+    pl = psub.add_parser("list", help="the versions in the checkpoint store",
+                         description="Every NAME@VERSION in the checkpoint store, with its "
+                         "parent, whether it passed the evaluation gate and how it was trained "
+                         "(reads the store directly; lbd need not run).")
+    pl.add_argument("--store", default=DEFAULT_STORE, help=f"store (default {DEFAULT_STORE})")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    add_canary_parser(sub)
     p = sub.add_parser("hold", help="freeze (on) or unfreeze (off) the weights",
                        description="on: keep republishing the current weights (they do not "
                        "expire); off: decide again.")
@@ -346,6 +355,12 @@ def _print(args: argparse.Namespace, res: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "canary":   # files only: the plan, the board, the store
+        return args.func(args)
+    if args.cmd == "policy" and args.policy_cmd == "list":
+        from marllb.daemon.rollout import cmd_policy_list
+
+        return cmd_policy_list(args)
     req = _request(args)
 
     def fetch() -> dict[str, Any]:

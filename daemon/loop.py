@@ -29,6 +29,7 @@ from marllb.daemon.features import Features
 from marllb.daemon.logs import get_logger
 from marllb.daemon.notify import Notifier
 from marllb.daemon.policies import PolicyError
+from marllb.daemon.rollout import TrajectoryRecorder, build_slot, policy_slot
 from marllb.daemon.shm import RegionError, new_generation
 from marllb.daemon.tick import PolicySlot, TickPipeline, TickRecord
 from marllb.daemon.timing import StageTimes
@@ -61,11 +62,12 @@ class Daemon:
         self.started_mono = time.monotonic_ns()
         self.daemon_gen = new_generation()
         self.attacher = Attacher(cfg.region)
-        self.slot = PolicySlot(cfg.policy, cfg.checkpoint, cfg.fallback_policy)
+        self.slot = build_slot(cfg, log=self._event)
         if self.slot.load_error:
             self.log.error("policy_load_failed", policy=cfg.policy, checkpoint=cfg.checkpoint,
                            error=self.slot.load_error, fallback=cfg.fallback_policy)
         self.pipeline = TickPipeline(self.slot, self.daemon_gen, cfg.decay_per_s)
+        self.traj = self._open_trajectory(cfg)
         self.times = StageTimes()
         self.backoff = Backoff(cfg.attach_backoff_max_ms / 1e3)
         # counters
@@ -225,11 +227,12 @@ class Daemon:
         except ConfigError as e:
             return {"ok": False, "error": str(e)}
         try:
-            slot = PolicySlot.build_strict(new.policy, new.checkpoint, new.fallback_policy)
+            slot = build_slot(new, strict=True, log=self._event)
         except PolicyError as e:
             return {"ok": False, "error": str(e)}
         notes = []
-        for key in ("socket", "socket_mode", "socket_group", "metrics"):
+        for key in ("socket", "socket_mode", "socket_group", "metrics", "trajectory_log",
+                    "trajectory_log_max_mb"):
             if getattr(new, key) != getattr(self.cfg, key):
                 notes.append(f"{key} change needs a restart")
         with self.lock:
@@ -254,7 +257,8 @@ class Daemon:
     def set_policy(self, name: str, checkpoint: str | None = None) -> dict[str, Any]:
         """Switch the running policy (until the next reload); a bad one keeps the old."""
         try:
-            slot = PolicySlot.build_strict(name, checkpoint, self.cfg.fallback_policy)
+            slot = policy_slot(name, checkpoint, self.cfg.fallback_policy,
+                               self.cfg.checkpoint_store, strict=True)
         except PolicyError as e:
             self.log.error("policy_set_failed", policy=name, error=str(e))
             return {"ok": False, "error": str(e)}
@@ -391,6 +395,8 @@ class Daemon:
             self.sanitized_values += rec.features.sanitized
         self.times.record(self.pipeline.last_durations, start_ns, jitter_ns)
         self.last = rec
+        if self.traj is not None:
+            self.traj.record(rec)      # never raises: an I/O error is counted
         if rec.published:
             self.last_publish_mono = rec.mono_ns
             if not self.ready_sent:
@@ -488,7 +494,22 @@ class Daemon:
         self._not_in_force = f"weights not in force: {why}"
         return self._not_in_force
 
+    def _event(self, event: str, kw: dict[str, Any]) -> None:
+        self.log.info(event, **kw)
+
+    def _open_trajectory(self, cfg: Config) -> TrajectoryRecorder | None:
+        if not cfg.trajectory_log:
+            return None
+        try:
+            return TrajectoryRecorder(cfg.trajectory_log, cfg.trajectory_log_max_mb)
+        except OSError as e:
+            self.log.error("trajectory_log_unavailable", path=cfg.trajectory_log,
+                           error=e.strerror or str(e))
+            return None
+
     def close(self) -> None:
+        if self.traj is not None:
+            self.traj.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

@@ -43,6 +43,7 @@ class LbdCollector:
             g.add_metric([s], 1.0 if st["state"] == s else 0.0)
         yield g
         yield from self._dataplane(st)
+        yield from self._canary(st)
         yield GaugeMetricFamily(p + "up_seconds", "seconds since the daemon started",
                                 value=st["uptime_s"])
         for name, key, doc in (
@@ -102,6 +103,29 @@ class LbdCollector:
                 fam.add_metric([str(row["id"]), names.get(row["id"], ""), row["state"]],
                                row[key] * scale)
             yield fam
+
+    def _canary(self, st: dict[str, Any]) -> Iterator[Any]:
+        """Per-policy outcome of this LB (the canary guard's windows) and its verdict."""
+        c = st.get("canary")
+        if not c:
+            return
+        v = GaugeMetricFamily("marllb_lbd_canary_verdict", "1 for this LB's canary verdict",
+                              labels=["role", "candidate", "incumbent", "verdict"])
+        for verdict in ("running", "rolled_back", "promoted", "inconclusive"):
+            v.add_metric([c["role"], c["candidate"], c["incumbent"], verdict],
+                         1.0 if c["verdict"] == verdict else 0.0)
+        yield v
+        if c.get("last_window"):
+            o = GaugeMetricFamily("marllb_lbd_policy_outcome_fct_seconds",
+                                  "flow-weighted FCT of this LB's last canary window",
+                                  labels=["policy", "stat"])
+            o.add_metric([c["serving"], "mean"], c["last_window"][0])
+            o.add_metric([c["serving"], "p90"], c["last_window"][1])
+            yield o
+        if c.get("candidate_vs_incumbent_pct") is not None:
+            yield GaugeMetricFamily("marllb_lbd_canary_candidate_vs_incumbent_ratio",
+                                    "candidate FCT / incumbent FCT - 1 over compared windows",
+                                    value=c["candidate_vs_incumbent_pct"] / 100)
 
     def _dataplane(self, st: dict[str, Any]) -> Iterator[Any]:
         """What the data plane says in its frames, and whether lbd's weights are in force."""

@@ -69,6 +69,47 @@ def slot_factory(store: str | None, fallback: str) -> Callable[[str], Any]:
     return make
 
 
+def policy_slot(spec: str, checkpoint: str | None, fallback: str, store: str | None,
+                strict: bool) -> Any:
+    """The slot for ``spec`` (NAME, NAME=CKPT or NAME@VERSION); ``strict`` raises PolicyError
+    instead of falling back (reload, ``lbctl policy set``)."""
+    from marllb.daemon.policies import PolicyError
+    from marllb.daemon.tick import PolicySlot
+
+    if "@" in spec and "=" not in spec:
+        if strict:
+            try:
+                name, ck = split_spec(spec, store)
+            except VersionError as e:
+                raise PolicyError(str(e)) from None
+            return PolicySlot.build_strict(name, ck, fallback)
+        return slot_factory(store, fallback)(spec)
+    name, _, ck = spec.partition("=")
+    ck = ck or checkpoint
+    return PolicySlot.build_strict(name, ck, fallback) if strict else \
+        PolicySlot(name, ck, fallback)
+
+
+def build_slot(cfg: Any, strict: bool = False,
+               log: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
+    """What lbd serves for ``cfg``: the canary slot when a plan is configured, else the
+    configured policy.  An unusable plan is a PolicyError when ``strict`` (reload keeps
+    the old config), else logged and ignored (start-up serves the configured policy)."""
+    from marllb.daemon.policies import PolicyError
+
+    if cfg.canary_plan:
+        try:
+            return canary_slot(cfg.canary_plan, cfg.lb_id, cfg.canary_board,
+                               cfg.checkpoint_store, cfg.fallback_policy, log)
+        except PlanError as e:
+            if strict:
+                raise PolicyError(str(e)) from None
+            if log is not None:
+                log("canary_plan_unusable", {"error": str(e), "serving": cfg.policy})
+    return policy_slot(cfg.policy, cfg.checkpoint, cfg.fallback_policy, cfg.checkpoint_store,
+                       strict)
+
+
 def canary_slot(plan_path: str, lb_id: str, board_dir: str, store: str | None,
                 fallback: str, log: Callable[[str, dict[str, Any]], None] | None = None
                 ) -> CanarySlot:

@@ -127,6 +127,8 @@ def build_status(d: Any) -> dict[str, Any]:
         "socket": d.socket_path,
         "metrics": d.metrics_address,
         "ttl_ms": _ttl_ms(d),
+        "canary": slot.guard.status() if hasattr(slot, "guard") else None,
+        "trajectory_log": d.traj.status() if getattr(d, "traj", None) is not None else None,
         "dp_clock_rate": _clock_rate(d),
         "servers": _named(servers_table(rec), getattr(cfg, "server_names", {})),
     }

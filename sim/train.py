@@ -50,6 +50,7 @@ from marllb.daemon.fsutil import (
     existing_dir,
 )
 from marllb.daemon.nets import FEATURE_SPEC, LEVELS, NOOP_LEVEL, input_dim
+from marllb.sim.finetune import add_arguments as finetune_arguments
 from marllb.sim.marl_env import MarlEnv, feature_stats
 from marllb.sim.resume import ResumeError, load_state, read_progress, save_state
 from marllb.sim.scenario import Scenario, ScenarioError, load_scenario
@@ -487,6 +488,10 @@ def _err(msg: str, code: int) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if getattr(args, "from_log", None):   # fine-tune from lbd's trajectory log
+        from marllb.sim.finetune import cmd_finetune
+
+        return cmd_finetune(args)
     if args.episodes is not None and args.episodes < 1:
         return _err(f"--episodes must be >= 1, got {args.episodes}", 2)
     minutes = args.minutes if args.minutes is not None else 10.0
@@ -566,4 +571,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps-start", type=float, default=1.0,
                    help="QMIX epsilon at the start (default 1.0; decays to 0.05 over 40%%)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    finetune_arguments(p)
     p.set_defaults(func=cmd_train)

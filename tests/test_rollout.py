@@ -347,3 +347,39 @@ def test_trajectory_recorder_from_tick_records(tmp_path: Path) -> None:
     assert len(recs) >= 15 and recs[0].policy == "sed"
     assert recs[-1].obs.shape == (3, 16) and np.all(recs[-1].weights > 0)
     assert rec.status()["records"] == len(recs) and rec.status()["errors"] == 0
+
+
+def test_calibrate_finds_the_slowed_servers(tmp_path: Path) -> None:
+    """A log from a cluster whose 4-core servers run at half speed (static weights do
+    not know) calibrates to a scenario with those servers slow and the others nominal."""
+    from marllb.daemon.rollout import TrajectoryRecorder
+    from marllb.sim.calibrate import CalibrationError, calibrate
+    from marllb.sim.cluster import Cluster, scenario_trace
+    from marllb.sim.lb import SimDaemon
+    from marllb.sim.scenario import load_scenario
+
+    sc = load_scenario("s1").model_copy(deep=True)
+    sc.servers[1].speed = 0.5
+    sc.traffic.target_load = 0.6
+    sc.traffic.duration_s = 90
+    rec = TrajectoryRecorder(str(tmp_path / "log"), max_mb=8)
+    ds: list[SimDaemon] = []
+
+    def hook(t: float, now_ns: int, lbs: list) -> bool:
+        if not ds:
+            ds.extend(SimDaemon(lb, "sed", ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
+        for lb, d in zip(lbs, ds, strict=True):
+            lb.timer(now_ns)
+            d.tick()
+        rec.record(ds[0].last)
+        return True
+
+    Cluster(sc, scenario_trace(sc, 0), "sed").run(on_tick=hook)
+    rec.close()
+    c = calibrate(tmp_path / "log", n_lbs=2)
+    assert np.all(np.abs(c.speed[:4] - 1.0) < 0.25), c.speed
+    assert np.all((c.speed[4:] > 0.3) & (c.speed[4:] < 0.7)), c.speed
+    assert c.speed[4:].max() < 0.75 * c.speed[:4].min()
+    assert c.scenario.n_servers == 7 and 0.3 < c.load < 0.9
+    with pytest.raises(CalibrationError, match="no records"):
+        calibrate(tmp_path / "empty")
