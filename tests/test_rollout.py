@@ -383,3 +383,43 @@ def test_calibrate_finds_the_slowed_servers(tmp_path: Path) -> None:
     assert c.scenario.n_servers == 7 and 0.3 < c.load < 0.9
     with pytest.raises(CalibrationError, match="no records"):
         calibrate(tmp_path / "empty")
+
+
+def test_train_from_log_calibrates_trains_gates_and_stores(tmp_path: Path) -> None:
+    """lbsim train --from-log: calibrated scenario -> fine-tune -> gate -> a store version."""
+    from marllb.daemon.rollout import TrajectoryRecorder
+    from marllb.sim.cli import main
+    from marllb.sim.cluster import Cluster, scenario_trace
+    from marllb.sim.lb import SimDaemon
+    from marllb.sim.scenario import load_scenario
+
+    sc = load_scenario("small").model_copy(deep=True)
+    sc.traffic.duration_s = 40
+    rec = TrajectoryRecorder(str(tmp_path / "log"), max_mb=4)
+    ds: list[SimDaemon] = []
+
+    def hook(t: float, now_ns: int, lbs: list) -> bool:
+        if not ds:
+            ds.extend(SimDaemon(lb, "qmix", ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
+        for lb, d in zip(lbs, ds, strict=True):
+            lb.timer(now_ns)
+            d.tick()
+        rec.record(ds[0].last)
+        return True
+
+    Cluster(sc, scenario_trace(sc, 0), "qmix").run(on_tick=hook)
+    rec.close()
+    out, store = tmp_path / "ft", tmp_path / "store"
+    rc = main(["train", "--from-log", str(tmp_path / "log"), "--log-lbs", "2",
+               "--init", str(ckpt.shipped("qmix")), "--algo", "qmix", "--episodes", "1",
+               "--out", str(out), "--store", str(store), "--quiet"])
+    rep = json.loads((out / "finetune.json").read_text())
+    assert rc == (0 if rep["gate"]["passed"] else 1)
+    assert len(rep["fitted_speed"]) == 3 and (out / "calibrated.toml").is_file()
+    m = CheckpointStore(store).manifest("qmix@v1")
+    assert m["gate"]["passed"] == rep["gate"]["passed"]
+    assert m["training"]["from_log"] == str(tmp_path / "log")
+    assert {"jct_mean_ms", "jct_p99_ms"} <= set(m["evaluation"]["candidate"])
+    if not rep["gate"]["passed"]:
+        with pytest.raises(VersionError, match="evaluation gate"):
+            CheckpointStore(store).require_gate("qmix@v1")
