@@ -81,10 +81,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _die(f"--seeds must be >= 1, got {args.seeds}", EX_USAGE)
     n_flows = (len(trace) * args.seeds if trace is not None
                else sum(len(scenario_trace(sc, s)) for s in range(args.seeds)))
-    with tqdm(total=n_flows * len(policies), unit="flow", unit_scale=True,
-              disable=args.quiet, desc=f"{sc.name}", file=sys.stderr) as bar:
-        results, firsts = evaluate(sc, policies, seeds=args.seeds, trace=trace,
-                                   progress=bar.update)
+    from marllb.sim.executor import ExecutorError, executor_from_args
+
+    try:
+        executor = executor_from_args(args)
+    except ExecutorError as e:
+        return _die(str(e), EX_USAGE if "--" in str(e) else EX_UNAVAILABLE)
+    try:
+        with tqdm(total=n_flows * len(policies), unit="flow", unit_scale=True,
+                  disable=args.quiet, desc=f"{sc.name}", file=sys.stderr) as bar:
+            results, firsts = evaluate(sc, policies, seeds=args.seeds, trace=trace,
+                                       progress=bar.update, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     out = Path(args.out)
     write_report(out, sc.name, str(args.trace) if args.trace else None, results, firsts,
                  args.seeds, plots=not args.no_plots)
@@ -172,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--out", required=True, help="output directory")
     pe.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    from marllb.sim.executor import add_executor_args
+
+    add_executor_args(pe)
     pe.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("dataplane", help="own a shm region and run the cluster in real time",

@@ -28,6 +28,7 @@ from marllb.daemon import checkpoint as ckpt
 from marllb.daemon._core import lib
 from marllb.daemon.features import FEATURE_NAMES
 from marllb.daemon.nets import FEATURE_SPEC, LEVELS, NOOP_LEVEL, input_dim
+from marllb.sim import executor as simx
 from marllb.sim.marl_env import MarlEnv, feature_stats
 from marllb.sim.scenario import Scenario, ScenarioError, load_scenario
 
@@ -93,9 +94,10 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
           eval_every_s: float = 60.0, eval_seeds: int = 2, duration: float | None = None,
           updates_per_episode: int = 4, quiet: bool = False,
           episodes: int | None = None, init: str | None = None,
-          eps_start: float = 1.0) -> dict[str, Any]:
+          eps_start: float = 1.0, executor: simx.Executor | None = None) -> dict[str, Any]:
     """Train for ``minutes`` of wall clock (or exactly ``episodes`` episodes,
-    which makes a seeded run repeatable); returns the summary written to eval.json."""
+    which makes a seeded run repeatable); returns the summary written to eval.json.
+    ``executor``: rollout workers (``marllb.sim.executor.RolloutSource``)."""
     from tqdm import tqdm
 
     from marllb.sim.qmix import Replay
@@ -121,6 +123,7 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
     m_max = max(sc.n_servers for sc in scs)
     envs = [MarlEnv(sc, mean, std, l_max=l_max, m_max=m_max) for sc in scs]
     learner = make_learner(algo, envs[0], seed)
+    source = simx.RolloutSource(envs, algo, TRAIN_SEED0, seed, executor)
     if init_t is not None:
         learner.load_policy_params(init_t)
     buf = Replay(learner.cfg.buffer_episodes)
@@ -170,7 +173,8 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
         frac = el / budget if episodes is None else ep_i / episodes
         eps = max(0.05, eps_start - (eps_start - 0.05) * frac / 0.4)
         k = ep_i % len(envs)
-        ep = envs[k].rollout(learner.actor(eps, rng), TRAIN_SEED0 + ep_i)
+        ep = source.episode(ep_i, learner, eps, rng, limit=episodes)
+        eps = source.eps_used
         buf.add(ep)
         ep_i += 1
         if len(buf) >= 2:
@@ -247,13 +251,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"lbsim: error: --minutes must be > 0, got {args.minutes}", file=sys.stderr)
         return 2
     try:
+        executor = simx.executor_from_args(args)
+    except simx.ExecutorError as e:
+        print(f"lbsim: error: {e}", file=sys.stderr)
+        return 2 if "--" in str(e) else 69
+    try:
         s = train(args.algo, args.scenario, minutes=args.minutes, seed=args.seed,
                   out=Path(args.out), eval_every_s=args.eval_every, eval_seeds=args.eval_seeds,
                   duration=args.duration, quiet=args.quiet, episodes=args.episodes,
-                  init=args.init, eps_start=args.eps_start)
+                  init=args.init, eps_start=args.eps_start, executor=executor)
     except (ScenarioError, ckpt.CheckpointError) as e:
         print(f"lbsim: error: {e}", file=sys.stderr)
         return 78
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"lbsim train: {s['episodes']} episodes in {s['seconds']} s, best held-back score "
           f"{s['best_score']:.3f} (SED = -1.000); wrote {Path(args.out) / 'best.safetensors'}",
           file=sys.stderr)
@@ -283,4 +295,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps-start", type=float, default=1.0,
                    help="QMIX epsilon at the start (default 1.0; decays to 0.05 over 40%%)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    simx.add_executor_args(p)
     p.set_defaults(func=cmd_train)
