@@ -380,9 +380,11 @@ class _TickLog:
 
 
 def flow_capacity(sc: Scenario) -> int:
-    """Per-worker flow-table size: 4x the connections the cluster can hold."""
-    hold = sum(g.count * (g.workers + g.backlog) for g in sc.servers)
-    return max(1024, 1 << (4 * hold - 1).bit_length())
+    """Per-worker flow-table size: 4x the connections the cluster can hold
+    through the busiest LB (its traffic share; the timer sweeps the table
+    every tick, so 64 LBs must not each size for the whole cluster)."""
+    hold = sum(g.count * (g.workers + g.backlog) for g in sc.servers) * max(sc.edge.shares())
+    return max(1024, 1 << (4 * math.ceil(hold) - 1).bit_length())
 
 
 def scenario_trace(sc: Scenario, seed: int) -> Trace:
