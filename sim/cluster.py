@@ -44,6 +44,21 @@ ORACLE = "oracle"
 T0_NS = 1_000_000_000   # data-plane clock at simulated time 0 (never a 0 timestamp)
 
 
+_BLAS: list[Any] = []
+
+
+def one_blas_thread() -> Any:
+    """Context: numpy's BLAS on one thread.  The simulator is single-threaded
+    and parallel runs are separate workers; the learned policies' small
+    matmuls run ~10x slower with BLAS threads fighting over the cores, and
+    every executor then computes them the same way."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def _make_lb(k: int, **kwargs: object) -> SimLB:
     return SimLB(**kwargs)  # type: ignore[arg-type]
 
@@ -247,6 +262,12 @@ class Cluster:
         daemon writes msg_in); ``make_lb(k, **kwargs)`` builds LB k (e.g. over
         a shm region).
         """
+        with one_blas_thread():
+            return self._run(progress, on_tick, make_lb)
+
+    def _run(self, progress: Callable[[float], None] | None,
+             on_tick: Callable[[float, int, list[SimLB]], bool] | None,
+             make_lb: Callable[..., SimLB] | None) -> SimResult:
         gen = self.ticks(progress=progress, make_lb=make_lb)
         daemons: list[SimDaemon] | None = None
         try:

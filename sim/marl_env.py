@@ -54,7 +54,7 @@ from marllb.daemon.policies.learned import level_weights
 from marllb.daemon.sanitize import sanitize
 from marllb.daemon.shm import RegionBusy
 from marllb.daemon.tick import Publisher
-from marllb.sim.cluster import Cluster, Tick, scenario_trace
+from marllb.sim.cluster import Cluster, Tick, one_blas_thread, scenario_trace
 from marllb.sim.lb import W_MAX, W_MIN, SimLB
 from marllb.sim.scenario import Scenario, load_scenario
 
@@ -266,6 +266,10 @@ class MarlEnv(ParallelEnv):
 
     # ---- the fast path
     def rollout(self, act_fn: ActFn, seed: int, record: bool = True) -> Episode:
+        with one_blas_thread():
+            return self._rollout(act_fn, seed, record)
+
+    def _rollout(self, act_fn: ActFn, seed: int, record: bool) -> Episode:
         A, D = self.n_agents_padded, self.obs_dim
         run = _Run(self, seed)
         xs: list[np.ndarray] = []
