@@ -7,6 +7,8 @@ daemon tick; flows are hash-partitioned over the 4 (a quarter of the traffic
 each).  The cluster is then 4 independent quarters of 64 LBs x 250 servers:
 one quarter is simulated here.
 
+scale_region_timer_us       one 250-server region: the data plane's timer with no
+                            new msg_in to apply (sweep, publish msg_out), us
 scale_region_tick_us_sed    one 250-server region: timer + daemon tick (SED), us
 scale_region_tick_us_qmix   the same with the shipped QMIX checkpoint, BLAS
                             limited to 1 thread (threadpoolctl)
@@ -46,14 +48,14 @@ def _quarter(duration: float):  # noqa: ANN202
     })
 
 
-def _region_tick_us(policy: str) -> float:
+def _region_tick_us(policy: str | None) -> float:
     from marllb.daemon._core import lib
     from marllb.sim.lb import SimDaemon, SimLB
 
     lb = SimLB(n_servers=SHARD, n_workers=1, static_weights=[2.0, 4.0] * (SHARD // 2),
                mode=lib.MLB_MODE_SED, seed=1, publish_interval_ns=250_000_000,
                flow_capacity=1 << 15)
-    d = SimDaemon(lb, policy, ttl_ns=10**9, seed=2)
+    d = SimDaemon(lb, policy or "sed", ttl_ns=10**9, seed=2)
     for i in range(SHARD * 8):      # 8 active flows per server
         lib.mlb_dp_packet(lb.dp, 0, 7919 * i + 1, 10**9, 100, 1)
     now = [10**9]
@@ -61,7 +63,8 @@ def _region_tick_us(policy: str) -> float:
     def tick() -> None:
         now[0] += 250_000_000
         lb.timer(now[0])
-        d.tick()
+        if policy is not None or now[0] < 3 * 10**9:     # None: timer only, after 2 ticks
+            d.tick()
 
     for _ in range(5):
         tick()
@@ -98,6 +101,7 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
     from marllb.sim.scenario import load_scenario
 
     out: dict[str, float] = {}
+    out["scale_region_timer_us"] = _region_tick_us(None)
     out["scale_region_tick_us_sed"] = _region_tick_us("sed")
     out["scale_region_tick_us_qmix_blas_default"] = _region_tick_us("qmix")
     with threadpool_limits(1):
