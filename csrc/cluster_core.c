@@ -190,7 +190,7 @@ static int32_t pick_server(mlb_cl_t *cl, uint64_t f)
 {
     const mlb_cl_config_t *c = &cl->c;
     if (c->n_lbs)
-        return mlb_dp_packet(c->dps[c->lb[f]], c->worker[f], c->hash[f], c->arr_ns[f],
+        return c->packet(c->dps[c->lb[f]], c->worker[f], c->hash[f], c->arr_ns[f],
                              100, MLB_PKT_SYN);
     /* oracle: argmin (in system + 1) / capacity, lowest index on ties */
     int32_t best = 0;
@@ -211,7 +211,7 @@ static void reject(mlb_cl_t *cl, uint64_t f, int sent_syn)
     const mlb_cl_config_t *c = &cl->c;
     c->rejected[f] = 1;
     if (sent_syn && c->n_lbs)
-        mlb_dp_packet(c->dps[c->lb[f]], c->worker[f], c->hash[f], c->arr_ns[f], 0,
+        c->packet(c->dps[c->lb[f]], c->worker[f], c->hash[f], c->arr_ns[f], 0,
                       MLB_PKT_RST);
 }
 
@@ -270,7 +270,7 @@ static int on_completion(mlb_cl_t *cl)
     c->done[f] = t;
     cl->in_system--;
     if (c->n_lbs)
-        mlb_dp_packet(c->dps[c->lb[f]], c->worker[f], c->hash[f],
+        c->packet(c->dps[c->lb[f]], c->worker[f], c->hash[f],
                       (uint64_t)(int64_t)(t * 1e9) + c->t0_ns, 1000, MLB_PKT_FIN);
     n--;
     if (c->waiting[j]) {
@@ -338,7 +338,7 @@ void mlb_cl_destroy(mlb_cl_t *cl)
 
 mlb_cl_t *mlb_cl_create(const mlb_cl_config_t *cfg)
 {
-    if (!cfg || cfg->n_servers == 0 || (cfg->n_lbs && !cfg->dps))
+    if (!cfg || cfg->n_servers == 0 || (cfg->n_lbs && (!cfg->dps || !cfg->packet)))
         return NULL;
     mlb_cl_t *cl = calloc(1, sizeof(*cl));
     if (!cl)

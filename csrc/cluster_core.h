@@ -22,6 +22,11 @@
  * (finish V, flow index).
  */
 
+/* mlb_dp_packet's signature: the core is reached through a pointer so this
+ * file links without the data-plane core (tests build csrc/ alone). */
+typedef int32_t (*mlb_cl_packet_fn)(mlb_dp_t *dp, uint32_t worker, uint64_t flow_hash,
+                                    uint64_t now_ns, uint32_t bytes, uint32_t flags);
+
 typedef struct {
     /* flows, sorted by arrival time */
     uint64_t n_flows;
@@ -51,8 +56,9 @@ typedef struct {
     const double *chg_t;
     const int32_t *chg_server;
     const double *chg_factor;
-    /* one data-plane core per LB (n_lbs of them) */
+    /* one data-plane core per LB (n_lbs of them), and mlb_dp_packet */
     mlb_dp_t **dps;
+    mlb_cl_packet_fn packet;
     uint64_t t0_ns;               /* data-plane clock at simulated time 0 */
 } mlb_cl_config_t;
 

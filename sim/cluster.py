@@ -196,6 +196,7 @@ class _Core:
         cfg.n_changes = len(self.chg_t)
         cfg.t0_ns = T0_NS
         cfg.dps = self._dps
+        cfg.packet = ffi.addressof(lib, "mlb_dp_packet")
         self._bufs = []
         for name, ctype in (("arr_t", "double"), ("work", "double"), ("lb", "int32_t"),
                             ("worker", "uint32_t"), ("hash", "uint64_t"),
