@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Read by cdef in this order: each file may use the types of those before it.
 CORE_CDEF_HEADERS = ["shm_layout/mlb_shm.h", "csrc/mlb_core_api.h"]
-CDEF_HEADERS = CORE_CDEF_HEADERS + ["vpp_plugin/core/dp_core_api.h"]
-C_INCLUDES = ["csrc/mlb_core.h", "vpp_plugin/core/dp_core.h"]
+CDEF_HEADERS = CORE_CDEF_HEADERS + ["vpp_plugin/core/dp_core_api.h", "csrc/cluster_core.h"]
+C_INCLUDES = ["csrc/mlb_core.h", "vpp_plugin/core/dp_core.h", "csrc/cluster_core.h"]
 SOURCE_DIRS = ["csrc", "vpp_plugin/core"]
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fno-strict-aliasing"]
 

@@ -382,6 +382,25 @@ class Region:
         self._guard()
         lib.mlb_in_commit(self.ptr, msg)
 
+    # -- in-memory mode (the simulator's LBs) ---------------------------------------
+    @classmethod
+    def in_memory(cls, n_servers: int, n_workers: int = 1, *,
+                  publish_interval_ns: int = 50_000_000, generation: int | None = None,
+                  name: str = "in-memory") -> Region:
+        """A region in private anonymous memory: the same reads and writes as
+        a shm region, nothing in /dev/shm (``unlink`` finds nothing to remove)."""
+        size = lib.mlb_region_size()
+        region = cls(name, mmap.mmap(-1, size), owner=True)
+        gen = generation if generation is not None else new_generation()
+        rc = lib.mlb_region_init(region.ptr, size, n_servers, n_workers,
+                                 gen & 0xFFFFFFFFFFFFFFFF, publish_interval_ns,
+                                 region.name.encode()[: lib.MLB_NAME_LEN - 1], os.getpid())
+        if rc != lib.MLB_OK:
+            region.close()
+            raise RegionError(f"could not initialise in-memory region {region.name} "
+                              f"({n_servers} servers, {n_workers} workers): error {rc}")
+        return region
+
 
 def _check_read(rc: int, retries: int, name: str, what: str) -> int:
     if rc == lib.MLB_OK:

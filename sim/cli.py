@@ -101,11 +101,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _die(f"--sla-target-ms must be > 0, got {sla}", EX_USAGE)
     n_flows = (len(trace) * args.seeds if trace is not None
                else sum(len(scenario_trace(sc, s)) for s in range(args.seeds)))
-    with tqdm(total=n_flows * len(policies), unit="flow", unit_scale=True,
-              disable=args.quiet, desc=f"{sc.name}", file=sys.stderr) as bar:
-        results, firsts = evaluate(sc, policies, seeds=args.seeds, trace=trace,
-                                   progress=bar.update,
-                                   sla_target_s=None if sla is None else sla / 1e3)
+    from marllb.sim.executor import ExecutorError, executor_from_args
+
+    try:
+        executor = executor_from_args(args)
+    except ExecutorError as e:
+        return _die(str(e), EX_USAGE if "--" in str(e) else EX_UNAVAILABLE)
+    try:
+        with tqdm(total=n_flows * len(policies), unit="flow", unit_scale=True,
+                  disable=args.quiet, desc=f"{sc.name}", file=sys.stderr) as bar:
+            results, firsts = evaluate(sc, policies, seeds=args.seeds, trace=trace,
+                                       progress=bar.update, executor=executor,
+                                       sla_target_s=None if sla is None else sla / 1e3)
+    finally:
+        if executor is not None:
+            executor.close()
     out = Path(args.out)
     write_report(out, sc.name, str(args.trace) if args.trace else None, results, firsts,
                  args.seeds, plots=not args.no_plots)
@@ -230,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "share (default: 3 x the mean job's service time on an idle unit core)")
     pe.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    from marllb.sim.executor import add_executor_args
+
+    add_executor_args(pe)
     pe.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("dataplane", help="own a shm region and run the cluster in real time",

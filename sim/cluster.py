@@ -11,8 +11,10 @@ Processor sharing uses the virtual-time trick: per server, V(t) is the
 service each job in service has received; it grows at the per-job rate
 ``r = cap / max(n, cores)`` (cap = cores x speed x factor), so a job that
 enters at V0 with work w leaves when V reaches V0 + w.  A per-server heap of
-finish virtual times plus one global heap of next-completion events (stale
-entries dropped by a per-server version) make every event O(log n).
+finish virtual times plus one indexed heap of next completions over the
+servers make every event O(log n).  The events (arrivals, service,
+completions, capacity changes) run in C (``csrc/cluster_core.c``, the same
+cffi module as the data-plane core) between ticks; ticks run here.
 
 Every ``tick_ms`` of simulated time each LB runs its timer (apply msg_in,
 publish msg_out) and then its daemon (``SimDaemon``: snapshot -> features ->
@@ -27,20 +29,34 @@ that could ship.
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from marllb.sim.lb import FIN, RST, SYN, SimDaemon, SimLB
+from marllb.sim.lb import SimDaemon, SimLB
 from marllb.sim.scenario import Scenario
 from marllb.sim.traces import Trace
 
 ORACLE = "oracle"
 T0_NS = 1_000_000_000   # data-plane clock at simulated time 0 (never a 0 timestamp)
+
+
+_BLAS: list[Any] = []
+
+
+def one_blas_thread() -> Any:
+    """Context: numpy's BLAS on one thread.  The simulator is single-threaded
+    and parallel runs are separate workers; the learned policies' small
+    matmuls run ~10x slower with BLAS threads fighting over the cores, and
+    every executor then computes them the same way."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _make_lb(k: int, **kwargs: object) -> SimLB:
@@ -53,8 +69,8 @@ class Tick:
     t: float
     now_ns: int
     lbs: list[SimLB]
-    in_system: list[int]       # per server: jobs in service + waiting
-    capacity: list[float]      # per server: unit cores now (interference included)
+    in_system: np.ndarray      # (M,) per server: jobs in service + waiting
+    capacity: np.ndarray       # (M,) per server: unit cores now (interference included)
 
 
 @dataclass
@@ -120,7 +136,9 @@ class SimResult:
         }
 
 
-def _interference_events(sc: Scenario, horizon_s: float) -> list[tuple[float, int, float]]:
+def _interference_changes(sc: Scenario, horizon_s: float
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Capacity changes (time, server, factor), sorted by (time, server, factor)."""
     ev = []
     for j, g in enumerate(sc.expanded_servers()):
         it = g.interference
@@ -128,10 +146,100 @@ def _interference_events(sc: Scenario, horizon_s: float) -> list[tuple[float, in
             continue
         t = it.start_s
         while t < horizon_s:
-            ev.append((t, -1 - j, it.factor))
-            ev.append((t + it.on_s, -1 - j, 1.0))
+            ev.append((t, j, it.factor))
+            ev.append((t + it.on_s, j, 1.0))
             t += it.period_s
-    return ev
+    ev.sort()
+    a = np.asarray(ev, dtype=np.float64).reshape(-1, 3)
+    return (np.ascontiguousarray(a[:, 0]), a[:, 1].astype(np.int32),
+            np.ascontiguousarray(a[:, 2]))
+
+
+class _Core:
+    """The C event core (csrc/cluster_core.c) over numpy arrays it reads and
+    fills in place: arrivals, processor-sharing service and completions run
+    in C between ticks; the per-server state is read here without copies."""
+
+    def __init__(self, sc: Scenario, trace: Trace, seed: int, dps: list[Any]) -> None:
+        from marllb.daemon._core import ffi, lib
+
+        self._lib = lib
+        servers = sc.expanded_servers()
+        M, L, nw = len(servers), sc.edge.n_lbs, sc.edge.workers_per_lb
+        F = len(trace)
+        rng = np.random.default_rng([seed, 0x51A1])
+        self.arr_t = np.ascontiguousarray(trace.times, dtype=np.float64)
+        self.work = np.ascontiguousarray(trace.sizes / sc.speed, dtype=np.float64)
+        lb = rng.choice(L, size=F, p=sc.edge.shares()) if L > 1 else np.zeros(F, np.int64)
+        h = rng.integers(1, 2**63, size=F, dtype=np.int64)
+        self.lb = lb.astype(np.int32)
+        self.hash = h.view(np.uint64)
+        self.worker = (h % nw).astype(np.uint32) if nw > 1 else np.zeros(F, np.uint32)
+        self.arr_ns = ((self.arr_t * 1e9).astype(np.int64) + T0_NS).view(np.uint64)
+        self.done = np.full(F, math.nan)
+        self.server = np.full(F, -1, dtype=np.int32)
+        self.rejected = np.zeros(F, dtype=np.uint8)
+        self.cores = np.array([float(g.cores) for g in servers])
+        self.speed = np.array([float(g.speed) for g in servers])
+        self.factor = np.ones(M)
+        self.workers = np.array([g.workers for g in servers], dtype=np.uint32)
+        self.backlog = np.array([min(g.backlog, 2**32 - 1) for g in servers], dtype=np.uint32)
+        self.in_service = np.zeros(M, dtype=np.uint32)
+        self.waiting = np.zeros(M, dtype=np.uint32)
+        self.cap_int = np.zeros(M)
+        self.cap_last = np.zeros(M)
+        horizon = (float(self.arr_t[-1]) if F else 0.0) + 3600.0
+        self.chg_t, self.chg_server, self.chg_factor = _interference_changes(sc, horizon)
+        self._dps = ffi.new("mlb_dp_t *[]", list(dps) or 1)
+        cfg = ffi.new("mlb_cl_config_t *")
+        cfg.n_flows, cfg.n_servers, cfg.n_lbs = F, M, len(dps)
+        cfg.n_changes = len(self.chg_t)
+        cfg.t0_ns = T0_NS
+        cfg.dps = self._dps
+        cfg.packet = ffi.addressof(lib, "mlb_dp_packet")
+        self._bufs = []
+        for name, ctype in (("arr_t", "double"), ("work", "double"), ("lb", "int32_t"),
+                            ("worker", "uint32_t"), ("hash", "uint64_t"),
+                            ("arr_ns", "uint64_t"), ("done", "double"),
+                            ("server", "int32_t"), ("rejected", "uint8_t"),
+                            ("cores", "double"), ("speed", "double"), ("factor", "double"),
+                            ("workers", "uint32_t"), ("backlog", "uint32_t"),
+                            ("in_service", "uint32_t"), ("waiting", "uint32_t"),
+                            ("cap_int", "double"), ("cap_last", "double"),
+                            ("chg_t", "double"), ("chg_server", "int32_t"),
+                            ("chg_factor", "double")):
+            arr = getattr(self, name)
+            buf = ffi.from_buffer(f"{ctype}[]", arr, require_writable=False) if arr.size \
+                else ffi.NULL
+            self._bufs.append(buf)
+            setattr(cfg, name, buf)
+        cl = lib.mlb_cl_create(cfg)
+        if cl == ffi.NULL:
+            raise MemoryError("mlb_cl_create failed")
+        self.cl = ffi.gc(cl, lib.mlb_cl_destroy)
+        self._cfg = cfg
+
+    def advance(self, t_stop: float) -> None:
+        """Every arrival, capacity change and completion before ``t_stop``."""
+        if self._lib.mlb_cl_advance(self.cl, t_stop) != 0:
+            raise MemoryError("cluster core: out of memory")
+
+    @property
+    def arrived(self) -> int:
+        return int(self._lib.mlb_cl_arrived(self.cl))
+
+    @property
+    def in_system_total(self) -> int:
+        return int(self._lib.mlb_cl_in_system(self.cl))
+
+    def in_system(self) -> np.ndarray:
+        return self.in_service.astype(np.int64) + self.waiting
+
+    def capacity(self) -> np.ndarray:
+        return self.cores * self.speed * self.factor
+
+    def capacity_average(self, end_t: float) -> np.ndarray:
+        return (self.cap_int + self.capacity() * (end_t - self.cap_last)) / end_t
 
 
 class Cluster:
@@ -155,6 +263,12 @@ class Cluster:
         daemon writes msg_in); ``make_lb(k, **kwargs)`` builds LB k (e.g. over
         a shm region).
         """
+        with one_blas_thread():
+            return self._run(progress, on_tick, make_lb)
+
+    def _run(self, progress: Callable[[float], None] | None,
+             on_tick: Callable[[float, int, list[SimLB]], bool] | None,
+             make_lb: Callable[..., SimLB] | None) -> SimResult:
         gen = self.ticks(progress=progress, make_lb=make_lb)
         daemons: list[SimDaemon] | None = None
         try:
@@ -179,7 +293,27 @@ class Cluster:
                           ttl_ns=int(self.sc.ttl_ms * 1e6), seed=self.seed * 1000 + k + 77)
                 for k, lb in enumerate(lbs)]
 
-    def ticks(self, progress: Callable[[float], None] | None = None,  # noqa: C901
+    def make_lbs(self, make_lb: Callable[..., SimLB] | None = None,
+                 mode: int | None = None) -> list[SimLB]:
+        """The scenario's LBs (none for the oracle), configured with ``mode``
+        or the policy's."""
+        sc = self.sc
+        if self.policy_name == ORACLE:
+            return []
+        if mode is None:
+            from marllb.daemon.policies import make_policy
+
+            mode = int(make_policy(self.policy_name, checkpoint=self.checkpoint).mode)
+        static = [g.static_weight if g.static_weight is not None else g.cores * g.speed
+                  for g in sc.expanded_servers()]
+        tick_ns = int(round(sc.tick_ms * 1e6))
+        return [(make_lb or _make_lb)(
+            k, n_servers=sc.n_servers, n_workers=sc.edge.workers_per_lb,
+            static_weights=static, mode=mode, seed=self.seed * 1000 + k + 1,
+            publish_interval_ns=tick_ns, name=f"sim-lb{k}", flow_capacity=flow_capacity(sc))
+            for k in range(sc.edge.n_lbs)]
+
+    def ticks(self, progress: Callable[[float], None] | None = None,
               make_lb: Callable[..., SimLB] | None = None, mode: int | None = None,
               ) -> Generator[Tick, bool | None, SimResult]:
         """The model as a generator, for drivers that act between ticks (the
@@ -191,205 +325,33 @@ class Cluster:
         The LBs' configured mode is ``mode`` or the policy's.  With policy
         ``oracle`` there are no LBs (``tick.lbs == []``).
         """
-        sc = self.sc
-        servers = sc.expanded_servers()
-        M = len(servers)
-        L = sc.edge.n_lbs
-        nw = sc.edge.workers_per_lb
-        rng = np.random.default_rng([self.seed, 0x51A1])
+        lbs = self.make_lbs(make_lb, mode)
+        core = _Core(self.sc, self.trace, self.seed, [lb.dp for lb in lbs])
+        rec = _TickLog(lbs, core)
         F = len(self.trace)
-        arr_t = self.trace.times.tolist()
-        work_np = self.trace.sizes / sc.speed
-        work = work_np.tolist()
-        lb_np = rng.choice(L, size=F, p=sc.edge.shares()) if L > 1 else np.zeros(F, np.int64)
-        hash_np = rng.integers(1, 2**63, size=F, dtype=np.int64)
-        arr_lb = lb_np.tolist()
-        arr_h = hash_np.tolist()
-        arr_w = (hash_np % nw).tolist() if nw > 1 else [0] * F
-        arr_ns = ((self.trace.times * 1e9).astype(np.int64) + T0_NS).tolist()
-
-        cores = [float(g.cores) for g in servers]
-        spd = [float(g.speed) for g in servers]
-        fac = [1.0] * M
-        wcap = [g.workers for g in servers]
-        bcap = [g.backlog for g in servers]
-        static = [g.static_weight if g.static_weight is not None else g.cores * g.speed
-                  for g in servers]
-
-        oracle = self.policy_name == ORACLE
-        tick_s = sc.tick_ms / 1e3
-        tick_ns = int(round(sc.tick_ms * 1e6))
-        lbs: list[SimLB] = []
-        if not oracle:
-            if mode is None:
-                from marllb.daemon.policies import make_policy
-
-                mode = int(make_policy(self.policy_name, checkpoint=self.checkpoint).mode)
-            for k in range(L):
-                lb = (make_lb or _make_lb)(
-                    k, n_servers=M, n_workers=nw, static_weights=static, mode=mode,
-                    seed=self.seed * 1000 + k + 1, publish_interval_ns=tick_ns,
-                    name=f"sim-lb{k}", flow_capacity=flow_capacity(sc))
-                lbs.append(lb)
-        dps = [lb.dp for lb in lbs]
-        arr_dp = [dps[k] for k in arr_lb] if lbs else []
-        from marllb.daemon._core import lib
-        pkt = lib.mlb_dp_packet
-
-        # per-server PS state
-        V = [0.0] * M
-        last = [0.0] * M
-        nsv = [0] * M              # jobs in service
-        rate = [0.0] * M           # per-job service rate (core-s per s)
-        ver = [0] * M
-        jh: list[list] = [[] for _ in range(M)]
-        bl: list[deque] = [deque() for _ in range(M)]
-        # capacity integral for time-averaged capacity
-        cap_int = [0.0] * M
-        cap_last = [0.0] * M
-
-        done = [math.nan] * F
-        srv_of = [-1] * F
-        rej = [False] * F
-
-        horizon = (arr_t[-1] if F else 0.0) + 3600.0
-        ev: list = _interference_events(sc, horizon)
-        heapq.heapify(ev)
-        heappush = heapq.heappush
-        heappop = heapq.heappop
-        inf = math.inf
-
-        tick_t: list[float] = []
-        tick_load: list[list[float]] = []
-        tick_wts: list[list[float]] = []
-
-        i = 0
-        stopped = False
-        in_sys = 0
-        next_tick = 0.0
-        next_prog = 0
-        NS = 1e9
+        tick_s = self.sc.tick_ms / 1e3
+        next_tick, next_prog, stopped = 0.0, 0, False
         while True:
-            ta = arr_t[i] if i < F else inf
-            te = ev[0][0] if ev else inf
-            if next_tick <= ta and next_tick <= te:
-                if i >= F and in_sys == 0:
-                    break
-                t = next_tick
-                now_ns = int(round(t * NS)) + T0_NS
-                insys = [nsv[j] + len(bl[j]) for j in range(M)]
-                if (yield Tick(t, now_ns, lbs, insys,
-                               [cores[j] * spd[j] * fac[j] for j in range(M)])):
-                    stopped = True
-                    break
-                tick_t.append(t)
-                tick_load.append([insys[j] / cores[j] for j in range(M)])
-                if lbs:
-                    tick_wts.append(lbs[0].weights().tolist())
-                else:
-                    tick_wts.append([cores[j] * spd[j] * fac[j] for j in range(M)])
-                next_tick = t + tick_s
-                if progress is not None and i >= next_prog:
-                    progress(i / F if F else 1.0)
-                    next_prog = i + 2000
-                continue
-            if ta <= te:
-                # ---- arrival of flow i
-                t = ta
-                if oracle:
-                    best = 0
-                    bv = inf
-                    for j in range(M):
-                        c = cores[j] * spd[j] * fac[j]
-                        v = (nsv[j] + len(bl[j]) + 1) / c
-                        if v < bv:
-                            bv = v
-                            best = j
-                    j = best
-                else:
-                    j = pkt(arr_dp[i], arr_w[i], arr_h[i], arr_ns[i], 100, SYN)
-                    if j < 0:
-                        rej[i] = True
-                        i += 1
-                        continue
-                srv_of[i] = j
-                n = nsv[j]
-                if n < wcap[j]:
-                    if n:
-                        V[j] += rate[j] * (t - last[j])
-                    last[j] = t
-                    h = jh[j]
-                    heappush(h, (V[j] + work[i], i))
-                    n += 1
-                    nsv[j] = n
-                    c = cores[j]
-                    r = spd[j] * fac[j] * (1.0 if n <= c else c / n)
-                    rate[j] = r
-                    v = ver[j] + 1
-                    ver[j] = v
-                    heappush(ev, (t + (h[0][0] - V[j]) / r, j, v))
-                    in_sys += 1
-                elif len(bl[j]) < bcap[j]:
-                    bl[j].append(i)
-                    in_sys += 1
-                else:
-                    rej[i] = True
-                    if not oracle:
-                        pkt(arr_dp[i], arr_w[i], arr_h[i], arr_ns[i], 0, RST)
-                i += 1
-                continue
-            # ---- server event
-            t, j, v = heappop(ev)
-            if j < 0:
-                # interference: capacity factor change
-                j = -1 - j
-                cap_int[j] += cores[j] * spd[j] * fac[j] * (t - cap_last[j])
-                cap_last[j] = t
-                if nsv[j]:
-                    V[j] += rate[j] * (t - last[j])
-                last[j] = t
-                fac[j] = v
-                n = nsv[j]
-                if n:
-                    c = cores[j]
-                    r = spd[j] * v * (1.0 if n <= c else c / n)
-                    rate[j] = r
-                    vv = ver[j] + 1
-                    ver[j] = vv
-                    heappush(ev, (t + (jh[j][0][0] - V[j]) / r, j, vv))
-                continue
-            if v != ver[j]:
-                continue
-            V[j] += rate[j] * (t - last[j])
-            last[j] = t
-            h = jh[j]
-            _, f = heappop(h)
-            done[f] = t
-            in_sys -= 1
-            if not oracle:
-                pkt(arr_dp[f], arr_w[f], arr_h[f], int(t * NS) + T0_NS, 1000, FIN)
-            n = nsv[j] - 1
-            q = bl[j]
-            if q:
-                f2 = q.popleft()
-                heappush(h, (V[j] + work[f2], f2))
-                n += 1
-            nsv[j] = n
-            if n:
-                c = cores[j]
-                r = spd[j] * fac[j] * (1.0 if n <= c else c / n)
-                rate[j] = r
-                vv = ver[j] + 1
-                ver[j] = vv
-                heappush(ev, (t + (h[0][0] - V[j]) / r, j, vv))
-            else:
-                ver[j] += 1
-        end_t = max(next_tick if not stopped else t, 1e-9)
-        for j in range(M):
-            cap_int[j] += cores[j] * spd[j] * fac[j] * (end_t - cap_last[j])
+            core.advance(next_tick)                        # arrivals, service, completions
+            if core.arrived >= F and core.in_system_total == 0:
+                break
+            tick = Tick(next_tick, int(round(next_tick * 1e9)) + T0_NS, lbs,
+                        core.in_system(), core.capacity())
+            if (yield tick):
+                stopped = True
+                break
+            rec.record(tick)
+            next_tick += tick_s
+            if progress is not None and core.arrived >= next_prog:
+                progress(core.arrived / F if F else 1.0)
+                next_prog = core.arrived + 2000
         if progress is not None:
             progress(1.0)
-        meta = {}
+        return self._result(core, lbs, rec, max(next_tick, 1e-9), stopped)
+
+    def _result(self, core: _Core, lbs: list[SimLB], rec: _TickLog, end_t: float,
+                stopped: bool) -> SimResult:
+        meta: dict[str, Any] = {}
         if lbs:
             st = [lb.stats() for lb in lbs]
             meta = {
@@ -398,30 +360,53 @@ class Cluster:
                                            + s.msg_in_rej_invalid for s in st)),
                 "untracked_flows": int(sum(s.untracked_flows for s in st)),
             }
-        meta["unfinished"] = int(in_sys)
+        meta["unfinished"] = core.in_system_total
         meta["stopped_early"] = stopped
         meta["sim_time_s"] = float(end_t)
+        i = core.arrived
         return SimResult(
             policy=self.policy_name,
-            arrival=np.asarray(arr_t[:i], dtype=np.float64),
-            done=np.asarray(done[:i], dtype=np.float64),
-            server=np.asarray(srv_of[:i], dtype=np.int64),
-            lb=lb_np[:i].astype(np.int64),
-            rejected=np.asarray(rej[:i], dtype=bool),
-            work=work_np[:i],
-            capacity_cores=np.asarray(cap_int) / end_t,
-            tick_t=np.asarray(tick_t),
-            tick_load=np.asarray(tick_load, dtype=np.float64).reshape(len(tick_t), M),
-            tick_weights=np.asarray(tick_wts, dtype=np.float64).reshape(len(tick_t), M),
+            arrival=core.arr_t[:i].copy(),
+            done=core.done[:i].copy(),
+            server=core.server[:i].astype(np.int64),
+            lb=core.lb[:i].astype(np.int64),
+            rejected=core.rejected[:i].astype(bool),
+            work=core.work[:i].copy(),
+            capacity_cores=core.capacity_average(end_t),
+            tick_t=np.asarray(rec.t),
+            tick_load=rec.array(rec.load),
+            tick_weights=rec.array(rec.weights),
             warmup_s=self.sc.warmup_s,
             meta=meta,
         )
 
 
+class _TickLog:
+    """Per tick: time, jobs in system / cores, weights in force at LB 0."""
+
+    def __init__(self, lbs: list[SimLB], core: _Core) -> None:
+        self.lb0 = lbs[0] if lbs else None
+        self.core = core
+        self.t: list[float] = []
+        self.load: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+
+    def record(self, tick: Tick) -> None:
+        self.t.append(tick.t)
+        self.load.append(tick.in_system / self.core.cores)
+        self.weights.append(self.lb0.weights() if self.lb0 is not None else tick.capacity)
+
+    def array(self, rows: list[np.ndarray]) -> np.ndarray:
+        M = len(self.core.cores)
+        return np.asarray(rows, dtype=np.float64).reshape(len(self.t), M)
+
+
 def flow_capacity(sc: Scenario) -> int:
-    """Per-worker flow-table size: 4x the connections the cluster can hold."""
-    hold = sum(g.count * (g.workers + g.backlog) for g in sc.servers)
-    return max(1024, 1 << (4 * hold - 1).bit_length())
+    """Per-worker flow-table size: 4x the connections the cluster can hold
+    through the busiest LB (its traffic share; the timer sweeps the table
+    every tick, so 64 LBs must not each size for the whole cluster)."""
+    hold = sum(g.count * (g.workers + g.backlog) for g in sc.servers) * max(sc.edge.shares())
+    return max(1024, 1 << (4 * math.ceil(hold) - 1).bit_length())
 
 
 def scenario_trace(sc: Scenario, seed: int) -> Trace:

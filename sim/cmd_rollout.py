@@ -131,7 +131,8 @@ def _plot(res: RolloutResult, sc: Scenario, out: Path) -> Path:
             W = np.array([r if r.shape[0] == n else np.full(n, np.nan) for r in rows])
             W = W / np.nanmax(W, axis=1, keepdims=True).clip(1e-9)
             ax.imshow(W.T, aspect="auto", origin="lower", cmap="viridis",
-                      extent=(t[0], t[-1], -0.5, n - 0.5), vmin=0, vmax=1)
+                      extent=(t[0], t[-1], -0.5, n - 0.5), vmin=0, vmax=1,
+                      interpolation="nearest")
         ax.set_ylabel(f"lb{k}\nserver")
         serving = [s[k] for s in res.serving]
         changes = [i for i in range(1, len(serving)) if serving[i] != serving[i - 1]]
@@ -149,10 +150,12 @@ def _plot(res: RolloutResult, sc: Scenario, out: Path) -> Path:
         means = [jct[idx == i].mean() if np.any(idx == i) else np.nan
                  for i in range(len(edges) - 1)]
         ax.plot(edges[:-1] + 2.5, means, label=f"lb{k}", lw=1.2)
-    for d in res.decisions():
+    canaries = {g.lb for g in res.guards if g.role == "candidate"}
+    for d in (d for d in res.decisions() if d["lb"] in canaries):
         ax.axvline(d["t_s"], color="red" if d["verdict"] == "rolled_back" else "green",
                    ls="--", lw=0.8)
-        ax.text(d["t_s"], ax.get_ylim()[1] * 0.9, f" {d['lb']} {d['verdict']}", fontsize=7)
+        ax.text(d["t_s"], ax.get_ylim()[1] * 0.9, f" canary {d['lb']}: {d['verdict']}",
+                fontsize=7)
     ax.set_ylabel("mean JCT (ms)\nper 5 s")
     ax.set_xlabel(f"simulated time (s) — scenario {sc.name}")
     ax.legend(fontsize=7, ncol=n_lb)

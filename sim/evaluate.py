@@ -15,6 +15,7 @@ import numpy as np
 
 from marllb.daemon.fsutil import atomic_file, atomic_write_text
 from marllb.sim.cluster import ORACLE, Cluster, SimResult, scenario_trace
+from marllb.sim.executor import Executor, run_evals
 from marllb.sim.metrics import METRICS as SLA_METRICS
 from marllb.sim.metrics import plot_sla_fairness, sla_fairness
 from marllb.sim.scenario import Scenario
@@ -54,14 +55,21 @@ def parse_policy(spec: str) -> tuple[str, str | None]:
 
 def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace | None = None,
              progress: Callable[[int], None] | None = None, sla_target_s: float | None = None,
+             executor: Executor | None = None,
              ) -> tuple[dict[str, dict[str, float]], dict[str, SimResult]]:
     """Mean of each metric over ``seeds`` runs per policy, and each policy's
     seed-0 result (for plots).  Every policy sees the same traces.  A policy
     is ``NAME`` or ``NAME=CHECKPOINT`` (learned policies); results are keyed
-    by NAME, or by the whole spec when a NAME appears more than once."""
+    by NAME, or by the whole spec when a NAME appears more than once.
+    ``executor`` (``marllb.sim.executor``) fans the runs out; same numbers."""
     out: dict[str, dict[str, float]] = {}
     first: dict[str, SimResult] = {}
-    traces = [run_trace(sc, trace, s) for s in range(seeds)]
+    if executor is not None:
+        tasks = [(sc, trace, *parse_policy(p), s) for p in policies for s in range(seeds)]
+        ran = iter(run_evals(tasks, executor, progress))
+        traces = [trace] * seeds     # not used: every run is done
+    else:
+        traces = [run_trace(sc, trace, s) for s in range(seeds)]
     names = [parse_policy(p)[0] for p in policies]
     for spec in policies:
         pol, ckpt = parse_policy(spec)
@@ -77,7 +85,8 @@ def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace 
                     progress(n - done[0])
                     done[0] = n
 
-            res = Cluster(sc, tr, pol, seed=s, checkpoint=ckpt).run(progress=cb)
+            res = next(ran) if executor is not None else \
+                Cluster(sc, tr, pol, seed=s, checkpoint=ckpt).run(progress=cb)
             for k, v in {**score_run(res), **res.summary(),
                          **sla_fairness(res, sla_target_s)}.items():
                 if k in acc:

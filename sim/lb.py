@@ -2,9 +2,10 @@
 
 ``SimLB`` owns an ``mlb_dp_t`` (vpp_plugin/core, compiled into
 ``marllb.daemon._core``) and a region: an in-memory ``mlb_region_t`` for the
-fast driver, or a POSIX shm ``Region`` (``marllb.daemon.shm``) that a real
-daemon attaches to for ``lbsim dataplane``.  Per flow it makes exactly the
-calls the VPP node would: a SYN packet when the flow arrives (the core picks
+fast driver (``Region.in_memory``), or a POSIX shm ``Region``
+(``marllb.daemon.shm``) that a real daemon attaches to for ``lbsim dataplane``;
+either way the daemon's own ``Region`` reads and writes it.  Per flow it
+makes exactly the calls the VPP node would: a SYN packet when the flow arrives (the core picks
 the server and pins the flow), a FIN when the job completes, an RST when the
 server refuses the connection.  ``timer`` is the VPP process node: it applies
 msg_in, publishes msg_out and beats the heartbeat.
@@ -15,9 +16,6 @@ snapshot_view -> FeatureExtractor.update -> policy.act -> sanitize -> msg_in.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -76,19 +74,16 @@ class SimLB:
             lib.mlb_dp_set_server(self.dp, j, j, lib.MLB_ADMIN_UP, float(w))
         self.n_servers = n_servers
         self.n_workers = n_workers
-        self.shm = None
         if region is None:
-            self._mem = ffi.new("mlb_region_t *")
+            from marllb.daemon.shm import Region
+
             gen = generation if generation is not None else (seed * 2654435761 + 1) | 1
-            rc = lib.mlb_region_init(self._mem, lib.mlb_region_size(), n_servers, n_workers,
-                                     gen & 0xFFFFFFFFFFFFFFFF, publish_interval_ns,
-                                     name.encode()[: lib.MLB_NAME_LEN - 1], os.getpid())
-            if rc != lib.MLB_OK:
-                raise RuntimeError(f"mlb_region_init failed ({rc})")
-            self.region = self._mem
-        else:
-            self.shm = region
-            self.region = region.ptr
+            region = Region.in_memory(n_servers, n_workers,
+                                      publish_interval_ns=publish_interval_ns,
+                                      generation=gen, name=name)
+        # the daemon's Region (in memory, or shm for ``lbsim dataplane``) and its pointer
+        self.shm = region
+        self.region = region.ptr
 
     @property
     def generation(self) -> int:
@@ -108,34 +103,6 @@ class SimLB:
         st = ffi.new("mlb_dp_stats_t *")
         lib.mlb_dp_get_stats(self.dp, st)
         return st
-
-
-class MemRegion:
-    """The two ``Region`` methods the daemon's tick uses (``snapshot_view``,
-    ``write_in``) over an in-memory region, so ``SimDaemon`` can run the
-    daemon's own ``TickPipeline`` without shm."""
-
-    def __init__(self, ptr: Any) -> None:
-        self.ptr = ptr
-        self._retries = ffi.new("uint32_t *")
-
-    def snapshot_view(self, dst: Any, rng: Any, tries: int = 64) -> int:
-        from marllb.daemon.shm import RegionBusy
-
-        rc = lib.mlb_out_snapshot_view(self.ptr, dst, rng, tries, self._retries)
-        if rc == lib.MLB_OK:
-            return int(self._retries[0])
-        if rc == lib.MLB_ERR_NODATA:
-            raise LookupError("no msg_out frame yet")
-        raise RegionBusy(f"in-memory region: snapshot failed ({rc})")
-
-    @contextmanager
-    def write_in(self) -> Iterator[Any]:
-        m = lib.mlb_in_begin(self.ptr)
-        try:
-            yield m
-        finally:
-            lib.mlb_in_commit(self.ptr, m)
 
 
 class SimDaemon:
@@ -161,7 +128,7 @@ class SimDaemon:
         self.slot = PolicySlot.build_strict(policy, checkpoint, fallback)
         self.pipeline = TickPipeline(self.slot, self.daemon_gen,
                                      seed=seed & 0xFFFFFFFFFFFFFFFF)
-        self.region = lb.shm if lb.shm is not None else MemRegion(lb.region)
+        self.region = lb.shm
         self.last: Any = None
 
     @property

@@ -1,12 +1,17 @@
-"""A multi-agent training env over the simulator's fast driver.
+"""A multi-agent training env over the simulator: a real PettingZoo ``ParallelEnv``.
 
 One agent per LB (``lb0``, ``lb1``, ...).  Each tick, after the LB's timer
 published msg_out, the agent observes ONLY its own LB's frame, computed by the
-daemon's code: ``snapshot_view -> FeatureExtractor.update ->
+daemon's code: ``Region.snapshot_view -> FeatureExtractor.update ->
 observation_matrix -> nets.agent_inputs`` (normalisation from the checkpoint's
 statistics).  Its action is one level index per server; the env writes
-``static x LEVELS[a]`` into that LB's msg_in (SED mode) exactly as the daemon
-would (sanitised, with the frame's dp_gen/t_ns and the scenario's TTL).
+``level_weights(static, LEVELS, a)`` into that LB's msg_in (SED mode) through
+the daemon's own ``sanitize`` and ``Publisher`` (the frame's dp_gen/t_ns, the
+scenario's TTL), exactly as the daemon would.
+
+Spaces (gymnasium): observation ``Box(-10, 10, (servers, input_dim), float32)``,
+action ``MultiDiscrete([len(levels)] * servers)``, global ``state_space``
+``Box(0, inf, (state_dim,), float32)`` (``state()``).
 
 Reward (shared by all agents, centralised training): minus the number of jobs
 in the system per unit of capacity, measured at the next tick,
@@ -21,32 +26,37 @@ Global state (for the QMIX mixer / SAC critics only, never at serving): per
 server total jobs in system / nominal cores, then each LB's active flows per
 server / cores, padded to ``l_max`` LBs.
 
-Two ways to drive it:
-- ``rollout(act_fn, seed)``: the fast path the trainers use; ``act_fn`` is
+Two ways to drive it, both stepping the cluster's tick generator
+(``Cluster.ticks``) directly, in the caller's thread:
+- ``rollout(act_fn, seed)``: the fast path our trainers use; ``act_fn`` is
   called once per tick with every agent's inputs and returns every agent's
   level indices; returns an ``Episode`` of arrays.
-- ``reset()/step()``: PettingZoo's parallel-env conventions (dicts keyed by
-  agent name; ``terminations``/``truncations``/``infos``), implemented by
-  running the cluster in a helper thread that hands over at each tick.
+- ``reset()/step()``: the PettingZoo parallel API (dicts keyed by agent
+  name; an episode ends when the trace is exhausted and the cluster drained:
+  every agent terminates; ``max_cycles`` steps, if set, truncate it).
+  ``parallel_env(scenario=...)`` builds one with the normalisation computed.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
 
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.features import FEATURE_NAMES, FeatureExtractor, observation_matrix
 from marllb.daemon.nets import LEVELS, NOOP_LEVEL, agent_inputs, compress, input_dim
+from marllb.daemon.policies.learned import level_weights
 from marllb.daemon.sanitize import sanitize
-from marllb.sim.cluster import Cluster, scenario_trace
+from marllb.daemon.shm import RegionBusy
+from marllb.daemon.tick import Publisher
+from marllb.sim.cluster import Cluster, Tick, one_blas_thread, scenario_trace
 from marllb.sim.lb import W_MAX, W_MIN, SimLB
-from marllb.sim.scenario import Scenario
+from marllb.sim.scenario import Scenario, load_scenario
 
 ActFn = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -64,24 +74,26 @@ class Episode:
 
 
 class _LBAgent:
-    """The daemon's per-tick work for one LB, split in observe / act halves."""
+    """The daemon's per-tick work for one LB, split in observe / act halves
+    (the policy is the learner, outside): the daemon's own region reads,
+    features, sanitize and msg_in writer."""
 
-    def __init__(self, lb: SimLB, k: int, seed: int, ttl_ns: int) -> None:
+    def __init__(self, lb: SimLB, seed: int, ttl_ns: int) -> None:
         self.lb = lb
-        self.k = k
         self.view = ffi.new("mlb_out_view_t *")
         self.rng = ffi.new("mlb_rng_t *")
         lib.mlb_rng_seed(self.rng, seed & 0xFFFFFFFFFFFFFFFF)
-        self.retries = ffi.new("uint32_t *")
         self.extractor = FeatureExtractor()
         self.ttl_ns = ttl_ns
-        self.gen = (seed * 0x9E3779B97F4A7C15 + 99) & 0xFFFFFFFFFFFFFFFF | 1
-        self.seq = 0
+        self.publisher = Publisher((seed * 0x9E3779B97F4A7C15 + 99) & 0xFFFFFFFFFFFFFFFF | 1)
         self.features: Any = None
 
     def observe(self) -> Any:
-        rc = lib.mlb_out_snapshot_view(self.lb.region, self.view, self.rng, 64, self.retries)
-        self.features = self.extractor.update(self.view) if rc == lib.MLB_OK else None
+        try:
+            self.lb.shm.snapshot_view(self.view, self.rng)
+            self.features = self.extractor.update(self.view)
+        except (LookupError, RegionBusy):
+            self.features = None
         return self.features
 
     def apply(self, weights: np.ndarray) -> None:
@@ -89,21 +101,7 @@ class _LBAgent:
         if f is None or f.n == 0:
             return
         w = sanitize(weights, f, W_MIN, W_MAX)
-        self.seq += 1
-        m = lib.mlb_in_begin(self.lb.region)
-        m.daemon_gen = self.gen
-        m.msg_seq = self.seq
-        m.dp_gen = f.dp_gen
-        m.dp_t_ns = f.t_ns
-        m.ttl_ns = self.ttl_ns
-        m.wall_ns = 0
-        m.policy_id = 0
-        m.mode = lib.MLB_MODE_SED
-        m.n_servers = f.n
-        m.flags = 0
-        m.policy_name = b"marl-env"
-        ffi.memmove(m.weight, ffi.from_buffer("double[]", np.ascontiguousarray(w)), 8 * f.n)
-        lib.mlb_in_commit(self.lb.region, m)
+        self.publisher.publish(self.lb.shm, f, w, lib.MLB_MODE_SED, "marl-env", self.ttl_ns, 0)
 
 
 def _collect_rows(sc: Scenario, seed: int, policy: str, rows: list[np.ndarray]) -> None:
@@ -111,7 +109,6 @@ def _collect_rows(sc: Scenario, seed: int, policy: str, rows: list[np.ndarray]) 
     views: list[Any] = []
     rng = ffi.new("mlb_rng_t *")
     lib.mlb_rng_seed(rng, 1234 + seed)
-    retries = ffi.new("uint32_t *")
 
     def hook(t: float, now_ns: int, lbs: list[SimLB]) -> bool:
         while len(ext) < len(lbs):
@@ -119,8 +116,11 @@ def _collect_rows(sc: Scenario, seed: int, policy: str, rows: list[np.ndarray]) 
             views.append(ffi.new("mlb_out_view_t *"))
         for k, lb in enumerate(lbs):
             lb.timer(now_ns)
-            if lib.mlb_out_snapshot_view(lb.region, views[k], rng, 64, retries) == lib.MLB_OK:
-                rows.append(compress(observation_matrix(ext[k].update(views[k]))))
+            try:
+                lb.shm.snapshot_view(views[k], rng)
+            except (LookupError, RegionBusy):
+                continue
+            rows.append(compress(observation_matrix(ext[k].update(views[k]))))
         return True
 
     # no msg_in is written: the data plane runs the policy's mode on static weights
@@ -138,14 +138,86 @@ def feature_stats(sc: Scenario, seeds: list[int], policy: str = "sed"
     return a.mean(axis=0), np.maximum(a.std(axis=0), 1e-2)
 
 
-class MarlEnv:
+class _Run:
+    """One episode: the cluster's tick generator, stepped in the caller's thread.
+
+    After ``start``/``act`` returned True, ``inputs`` (per agent, (M, D)),
+    ``active`` ((L, M) active flows) and ``load`` (jobs / capacity) describe
+    the current tick; after False, ``result`` is the ``SimResult``."""
+
+    def __init__(self, env: MarlEnv, seed: int) -> None:
+        self.env = env
+        self.seed = seed
+        sc = env.sc
+        self.gen = Cluster(sc, scenario_trace(sc, seed), "sed", seed=seed).ticks()
+        self.agents: list[_LBAgent] = []
+        self.prev = [np.full(env.M, NOOP_LEVEL, dtype=np.int64) for _ in range(env.L)]
+        self.inputs: list[np.ndarray] = []
+        self.active = np.zeros((env.L, env.M))
+        self.load = 0.0
+        self.result: Any = None
+        self.steps = 0
+
+    def start(self) -> bool:
+        try:
+            tick = next(self.gen)
+        except StopIteration as e:      # an empty trace
+            self.result = e.value
+            return False
+        self._observe(tick)
+        return True
+
+    def act(self, actions: list[np.ndarray]) -> bool:
+        """Apply every agent's level indices, run to the next tick."""
+        env = self.env
+        for k, a in enumerate(self.agents):
+            ak = np.asarray(actions[k], dtype=np.int64).reshape(-1)
+            self.prev[k] = ak
+            f = a.features
+            if f is not None and f.n == env.M:
+                a.apply(level_weights(f.static_weight, env.levels, ak))
+        self.steps += 1
+        try:
+            tick = self.gen.send(False)
+        except StopIteration as e:
+            self.result = e.value
+            return False
+        self._observe(tick)
+        return True
+
+    def stop(self) -> None:
+        self.gen.close()
+
+    def _observe(self, tick: Tick) -> None:
+        env = self.env
+        if not self.agents:
+            ttl = int(env.sc.ttl_ms * 1e6)
+            self.agents = [_LBAgent(lb, self.seed * 1000 + k + 77, ttl)
+                           for k, lb in enumerate(tick.lbs)]
+        for lb in tick.lbs:
+            lb.timer(tick.now_ns)
+        M, D = env.M, env.obs_dim
+        self.inputs = []
+        self.active = np.zeros((env.L, M))
+        for k, a in enumerate(self.agents):
+            f = a.observe()
+            if f is None or f.n != M:
+                self.inputs.append(np.zeros((M, D), dtype=np.float32))
+                continue
+            self.active[k] = f.active
+            self.inputs.append(agent_inputs(observation_matrix(f), f.up, self.prev[k],
+                                            env.mean, env.std, len(env.levels)))
+        self.load = float(self.active.sum()) / env.capacity
+
+
+class MarlEnv(ParallelEnv):
     """Multi-agent env over one scenario; see the module docstring."""
 
-    metadata = {"name": "marllb_v1", "is_parallelizable": True}
+    metadata = {"name": "marllb_v1", "is_parallelizable": True, "render_modes": []}
 
     def __init__(self, sc: Scenario, mean: np.ndarray, std: np.ndarray, *,
                  levels: tuple[float, ...] = LEVELS, l_max: int | None = None,
-                 m_max: int | None = None) -> None:
+                 m_max: int | None = None, max_cycles: int | None = None) -> None:
         self.sc = sc
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
@@ -160,16 +232,22 @@ class MarlEnv:
         self.agents: list[str] = []
         self.obs_dim = input_dim(len(levels))
         self.state_dim = self.m_max * (1 + self.l_max)
-        self._thread: threading.Thread | None = None
-        self._loads: list[float] = []
+        self.max_cycles = max_cycles
+        self.observation_spaces = {a: spaces.Box(-10.0, 10.0, (self.M, self.obs_dim), np.float32)
+                                   for a in self.possible_agents}
+        self.action_spaces = {a: spaces.MultiDiscrete(np.full(self.M, len(self.levels)))
+                              for a in self.possible_agents}
+        self.state_space = spaces.Box(0.0, np.inf, (self.state_dim,), np.float32)
+        self._run: _Run | None = None
+        self._next_seed = 0
 
-    # ---- shapes (PettingZoo's observation_space/action_space, without gymnasium)
-    def observation_space(self, agent: str) -> tuple[int, int]:
-        return (self.M, self.obs_dim)
+    # ---- spaces (the same object every call, as PettingZoo requires)
+    def observation_space(self, agent: str) -> spaces.Box:
+        return self.observation_spaces[agent]
 
-    def action_space(self, agent: str) -> tuple[int, int]:
-        """(servers, levels): one level index per server."""
-        return (self.M, len(self.levels))
+    def action_space(self, agent: str) -> spaces.MultiDiscrete:
+        """One level index per server."""
+        return self.action_spaces[agent]
 
     @property
     def n_agents_padded(self) -> int:
@@ -182,60 +260,40 @@ class MarlEnv:
         s[1: 1 + self.L, : self.M] = act / self.cores
         return np.log1p(s).reshape(-1)
 
+    def state(self) -> np.ndarray:
+        run = self._run
+        return self._state(run.active if run is not None else np.zeros((self.L, self.M)))
+
     # ---- the fast path
     def rollout(self, act_fn: ActFn, seed: int, record: bool = True) -> Episode:
-        sc = self.sc
-        L, M = self.L, self.M
-        agents: list[_LBAgent] = []
-        prev = [np.full(M, NOOP_LEVEL, dtype=np.int64) for _ in range(L)]
+        with one_blas_thread():
+            return self._rollout(act_fn, seed, record)
+
+    def _rollout(self, act_fn: ActFn, seed: int, record: bool) -> Episode:
+        A, D = self.n_agents_padded, self.obs_dim
+        run = _Run(self, seed)
         xs: list[np.ndarray] = []
         acts: list[np.ndarray] = []
         states: list[np.ndarray] = []
         loads: list[float] = []
-        self._loads = loads
-        A = self.n_agents_padded
-        D = self.obs_dim
-
-        def hook(t: float, now_ns: int, lbs: list[SimLB]) -> bool:
-            if not agents:
-                for k, lb in enumerate(lbs):
-                    agents.append(_LBAgent(lb, k, seed * 1000 + k + 77,
-                                           int(sc.ttl_ms * 1e6)))
-            for lb in lbs:
-                lb.timer(now_ns)
-            feats = [a.observe() for a in agents]
-            inputs = []
-            active = np.zeros((L, M))
-            for k, f in enumerate(feats):
-                if f is None or f.n != M:
-                    inputs.append(np.zeros((M, D), dtype=np.float32))
-                    continue
-                active[k] = f.active
-                inputs.append(agent_inputs(observation_matrix(f), f.up, prev[k],
-                                           self.mean, self.std, len(self.levels)))
-            loads.append(float(active.sum()) / self.capacity)
-            chosen = act_fn(inputs)
-            for k, a in enumerate(agents):
-                ak = np.asarray(chosen[k], dtype=np.int64)
-                prev[k] = ak
-                if a.features is not None and a.features.n == M:
-                    a.apply(a.features.static_weight * self.levels[ak])
+        alive = run.start()
+        while alive:
+            loads.append(run.load)
+            chosen = act_fn(run.inputs)
             if record:
                 x = np.zeros((self.l_max, self.m_max, D), dtype=np.float32)
                 ac = np.full((self.l_max, self.m_max), NOOP_LEVEL, dtype=np.int64)
-                for k in range(L):
-                    x[k, :M] = inputs[k]
-                    ac[k, :M] = prev[k]
+                for k in range(self.L):
+                    x[k, : self.M] = run.inputs[k]
+                    ac[k, : self.M] = np.asarray(chosen[k], dtype=np.int64).reshape(-1)
                 xs.append(x.reshape(A, D))
                 acts.append(ac.reshape(A))
-                states.append(self._state(active))
-            return True
-
-        res = Cluster(sc, scenario_trace(sc, seed), "sed", seed=seed).run(on_tick=hook)
+                states.append(self._state(run.active))
+            alive = run.act(chosen)
         r = -np.asarray(loads[1:] + [0.0], dtype=np.float32)  # reward: load at next tick
         amask = np.zeros((self.l_max, self.m_max), dtype=np.float32)
-        amask[:L, :M] = 1.0
-        summ = res.summary()
+        amask[: self.L, : self.M] = 1.0
+        summ = run.result.summary()
         T = len(xs)
         return Episode(
             x=np.stack(xs) if T else np.zeros((0, A, D), np.float32),
@@ -245,72 +303,78 @@ class MarlEnv:
             amask=amask.reshape(A), ret=float(r.sum()),
             jct_mean_ms=summ["jct_mean_ms"], jct_p99_ms=summ["jct_p99_ms"])
 
-    # ---- PettingZoo parallel-env API
+    # ---- PettingZoo parallel API
     def reset(self, seed: int | None = None, options: dict | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        """Start an episode on trace seed ``seed`` (None: the previous seed + 1)."""
         self.close()
-        self._obs_q: queue.Queue = queue.Queue(maxsize=1)
-        self._act_q: queue.Queue = queue.Queue(maxsize=1)
-        self._stop = False
-        self._last_state = np.zeros(self.state_dim, dtype=np.float32)
-
-        def act_fn(inputs: list[np.ndarray]) -> list[np.ndarray]:
-            self._obs_q.put(("obs", inputs))
-            acts = self._act_q.get()
-            if acts is None:
-                raise _Stop
-            return acts
-
-        def body() -> None:
-            try:
-                ep = self.rollout(act_fn, int(seed or 0), record=False)
-                self._obs_q.put(("done", ep))
-            except _Stop:
-                pass
-
-        self._thread = threading.Thread(target=body, daemon=True)
-        self._thread.start()
-        self.agents = list(self.possible_agents)
-        kind, payload = self._obs_q.get()
-        self._pending = payload
-        if kind == "done":  # an empty trace
+        if seed is not None:
+            self._next_seed = int(seed)
+            for k, a in enumerate(self.possible_agents):
+                self.action_spaces[a].seed(int(seed) * 1000 + k)
+        run = self._run = _Run(self, self._next_seed)
+        self._next_seed += 1
+        if not run.start():
             self.agents = []
             return {}, {}
-        return ({a: payload[k] for k, a in enumerate(self.possible_agents)},
+        self.agents = list(self.possible_agents)
+        return ({a: run.inputs[k] for k, a in enumerate(self.possible_agents)},
                 {a: {} for a in self.possible_agents})
 
-    def step(self, actions: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict, dict]:
-        if not self.agents:
-            raise RuntimeError("step() after the episode ended; call reset()")
-        acts = [np.asarray(actions[a], dtype=np.int64) for a in self.possible_agents]
-        self._act_q.put(acts)
-        kind, payload = self._obs_q.get()
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """Missing agents' actions are the no-op level (the static weights)."""
+        run = self._run
+        if run is None or not self.agents:
+            raise RuntimeError("step() with no episode running; call reset()")
         names = self.possible_agents
-        if kind == "done":
-            self.agents = []
-            self._thread = None
+        noop = np.full(self.M, NOOP_LEVEL, dtype=np.int64)
+        acts = [np.asarray(actions.get(a, noop), dtype=np.int64) for a in names]
+        alive = run.act(acts)
+        truncated = alive and self.max_cycles is not None and run.steps >= self.max_cycles
+        if alive and not truncated:
+            obs = {a: run.inputs[k] for k, a in enumerate(names)}
+            r = -run.load
+            return (obs, {a: r for a in names}, {a: False for a in names},
+                    {a: False for a in names}, {a: {} for a in names})
+        info: dict[str, float] = {}
+        if not alive:
+            s = run.result.summary()
+            info = {"jct_mean_ms": s["jct_mean_ms"], "jct_p99_ms": s["jct_p99_ms"]}
+            obs = {a: np.zeros((self.M, self.obs_dim), np.float32) for a in names}
             rew = {a: 0.0 for a in names}
-            return ({a: np.zeros(self.observation_space(a), np.float32) for a in names}, rew,
-                    {a: True for a in names}, {a: False for a in names},
-                    {a: {"jct_mean_ms": payload.jct_mean_ms} for a in names})
-        # reward of the previous step = minus the load now observed
-        obs = {a: payload[k] for k, a in enumerate(names)}
-        r = -self._loads[-1] if self._loads else 0.0
-        return (obs, {a: r for a in names}, {a: False for a in names},
-                {a: False for a in names}, {a: {} for a in names})
+        else:
+            obs = {a: run.inputs[k] for k, a in enumerate(names)}
+            rew = {a: -run.load for a in names}
+            run.stop()
+        self.agents = []
+        return (obs, rew, {a: not alive for a in names}, {a: bool(truncated) for a in names},
+                {a: dict(info) for a in names})
+
+    def render(self) -> None:
+        return None
 
     def close(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            try:
-                self._act_q.put_nowait(None)
-            except queue.Full:
-                pass
-            self._thread.join(timeout=5)
-        self._thread = None
+        if self._run is not None:
+            self._run.stop()
+        self._run = None
+        self.agents = []
 
 
-class _Stop(Exception):
-    pass
+def parallel_env(scenario: str | Scenario = "s1", *, mean: np.ndarray | None = None,
+                 std: np.ndarray | None = None, stats_seed: int = 99_999,
+                 duration: float | None = None, **kw: Any) -> MarlEnv:
+    """A PettingZoo ``ParallelEnv`` over a shipped scenario name, a TOML path
+    or a ``Scenario``.  Without ``mean``/``std`` the observation normalisation
+    is measured under SED on trace seed ``stats_seed`` (as ``lbsim train``
+    does); ``duration`` shortens the episodes (simulated seconds of arrivals);
+    other keywords go to ``MarlEnv`` (levels, l_max, m_max, max_cycles)."""
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    if duration is not None:
+        sc = sc.model_copy(update={"traffic": sc.traffic.model_copy(
+            update={"duration_s": float(duration)})})
+    if mean is None or std is None:
+        mean, std = feature_stats(sc, [stats_seed])
+    return MarlEnv(sc, mean, std, **kw)
 
 
-__all__ = ["Episode", "FEATURE_NAMES", "MarlEnv", "feature_stats"]
+__all__ = ["Episode", "FEATURE_NAMES", "MarlEnv", "feature_stats", "parallel_env"]

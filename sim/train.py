@@ -50,6 +50,7 @@ from marllb.daemon.fsutil import (
     existing_dir,
 )
 from marllb.daemon.nets import FEATURE_SPEC, LEVELS, NOOP_LEVEL, input_dim
+from marllb.sim import executor as simx
 from marllb.sim.finetune import add_arguments as finetune_arguments
 from marllb.sim.marl_env import MarlEnv, feature_stats
 from marllb.sim.resume import ResumeError, load_state, read_progress, save_state
@@ -251,14 +252,16 @@ def train(algo: str | None, scenario: str | None, *, minutes: float, seed: int, 
           updates_per_episode: int = 4, quiet: bool = False,
           episodes: int | None = None, init: str | None = None,
           eps_start: float = 1.0, resume: bool = False, state_every_min: float = STATE_EVERY_MIN,
-          argv: list[str] | None = None) -> dict[str, Any]:
+          argv: list[str] | None = None, executor: simx.Executor | None = None
+          ) -> dict[str, Any]:
     """Train for ``minutes`` of training time (or exactly ``episodes`` episodes, which
     makes a seeded run repeatable); returns the summary written to eval.json.
 
     ``resume``: continue the run saved in ``out/state`` (its settings; a given
     ``minutes``/``episodes`` replaces the total budget).  KeyboardInterrupt is
     re-raised after the folder has been made consistent (``summary["interrupted"]``
-    is not returned then; see cmd_train)."""
+    is not returned then; see cmd_train).  ``executor``: rollout workers
+    (``marllb.sim.executor.RolloutSource``; the same episodes on any executor)."""
     from marllb.sim.marl_env import Episode
     from marllb.sim.qmix import Replay
 
@@ -300,6 +303,7 @@ def train(algo: str | None, scenario: str | None, *, minutes: float, seed: int, 
     m_max = max(sc.n_servers for sc in scs)
     envs = [MarlEnv(sc, mean, std, l_max=l_max, m_max=m_max) for sc in scs]
     learner = make_learner(st["algo"], envs[0], st["seed"])
+    source = simx.RolloutSource(envs, st["algo"], TRAIN_SEED0, st["seed"], executor)
     buf = Replay(learner.cfg.buffer_episodes)
     if prog is not None:
         load_state(prog, learner, buf, Episode)
@@ -313,7 +317,7 @@ def train(algo: str | None, scenario: str | None, *, minutes: float, seed: int, 
         run.evals.append({"episode": 0, "wall_s": 0.0, "score": score0, "return": ret0,
                           "sed": base, "policy": res0, "untrained": True})
     meta = _meta(run, learner, mean, std, m_max, prior)
-    loop = _Loop(run, learner, buf, envs, scs, ev_seeds, base, rng, out, meta,
+    loop = _Loop(run, learner, source, buf, envs, scs, ev_seeds, base, rng, out, meta,
                  Budget(st["minutes"], st["episodes"]), quiet, state_every_min,
                  {"mean": mean.tolist(), "std": std.tolist()})
     try:
@@ -327,12 +331,14 @@ def train(algo: str | None, scenario: str | None, *, minutes: float, seed: int, 
 class _Loop:
     """The episode loop with its outputs; ``finish`` leaves the folder consistent."""
 
-    def __init__(self, run: Run, learner: Any, buf: Any, envs: list[MarlEnv],
+    def __init__(self, run: Run, learner: Any, source: simx.RolloutSource, buf: Any,
+                 envs: list[MarlEnv],
                  scs: list[Scenario], ev_seeds: list[int], base: Any,
                  rng: np.random.Generator, out: Path, meta: dict[str, Any], budget: Budget,
                  quiet: bool, state_every_min: float, norm: dict[str, Any]) -> None:
         self.run_ = run
         self.learner, self.buf, self.envs, self.scs = learner, buf, envs, scs
+        self.source = source
         self.ev_seeds, self.base, self.rng, self.out = ev_seeds, base, rng, out
         self.meta, self.budget, self.quiet = meta, budget, quiet
         self.state_every_s = state_every_min * 60.0
@@ -370,7 +376,9 @@ class _Loop:
     def _episode(self, eps: float) -> None:
         run = self.run_
         k = run.ep_i % len(self.envs)
-        ep = self.envs[k].rollout(self.learner.actor(eps, self.rng), TRAIN_SEED0 + run.ep_i)
+        ep = self.source.episode(run.ep_i, self.learner, eps, self.rng,
+                                 limit=self.budget.episodes)
+        eps = self.source.eps_used
         self.buf.add(ep)
         run.ep_i += 1
         run.global_step += len(ep.reward)
@@ -509,12 +517,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ResumeError as e:
             return _err(str(e), 66)
     try:
+        executor = simx.executor_from_args(args)
+    except simx.ExecutorError as e:
+        return _err(str(e), 2 if "--" in str(e) else 69)
+    try:
         s = train(args.algo, args.scenario, minutes=minutes, seed=args.seed, out=out,
                   eval_every_s=args.eval_every, eval_seeds=args.eval_seeds,
                   duration=args.duration, quiet=args.quiet, episodes=args.episodes,
                   init=args.init, eps_start=args.eps_start, resume=resume,
                   state_every_min=args.state_every,
-                  argv=getattr(args, "argv", None) or sys.argv[1:])
+                  argv=getattr(args, "argv", None) or sys.argv[1:], executor=executor)
     except (ScenarioError, ckpt.CheckpointError) as e:
         return _err(str(e), 78)
     except ResumeError as e:
@@ -530,6 +542,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"eval.json and state/ are complete files); continue with: "
                   f"lbsim train --resume {shlex.quote(str(out))}", file=sys.stderr)
         return 130
+    finally:
+        if executor is not None:
+            executor.close()
     best = "none yet" if s["best_score"] is None else \
         f"{s['best_score']:.3f} at episode {s['best_episode']}"
     untrained = "" if s["untrained_score"] is None else \
@@ -572,4 +587,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="QMIX epsilon at the start (default 1.0; decays to 0.05 over 40%%)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     finetune_arguments(p)
+    simx.add_executor_args(p)
     p.set_defaults(func=cmd_train)

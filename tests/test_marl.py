@@ -31,7 +31,7 @@ def test_parallel_env_api() -> None:
     assert env.possible_agents == ["lb0", "lb1"]
     obs, infos = env.reset(seed=5)
     assert set(obs) == {"lb0", "lb1"} and set(infos) == set(obs)
-    assert obs["lb0"].shape == (3, input_dim()) == env.observation_space("lb0")
+    assert obs["lb0"].shape == (3, input_dim()) == env.observation_space("lb0").shape
     steps, rewards = 0, []
     while env.agents:
         obs, rew, term, trunc, info = env.step({a: np.full(3, NOOP_LEVEL) for a in env.agents})

@@ -142,3 +142,43 @@ def test_oracle_no_worse_than_heuristics_s1():
 def test_s2_wcmp_worse_than_lsq():
     m = _mean_jct("s2", ["wcmp", "lsq"])
     assert m["wcmp"] > 1.3 * m["lsq"], m
+
+
+def test_in_memory_region_is_the_daemons_region():
+    """The simulator's LBs use the daemon's own Region, in memory: what the
+    daemon's writer puts in msg_in reads back, and nothing appears in /dev/shm."""
+    import os
+
+    from marllb.daemon._core import ffi
+    from marllb.daemon.shm import Region, RegionError
+
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    r = Region.in_memory(3, 2, generation=77, name="sim-test")
+    assert (r.n_servers, r.n_workers, r.generation) == (3, 2, 77)
+    with r.write_in() as m:
+        m.msg_seq = 5
+        m.n_servers = 3
+        m.weight[2] = 4.5
+    got = ffi.new("mlb_msg_in_t *")
+    r.snapshot_in(got)
+    assert (got.msg_seq, got.n_servers, got.weight[2]) == (5, 3, 4.5)
+    if os.path.isdir("/dev/shm"):
+        assert set(os.listdir("/dev/shm")) - before == set()
+    r.close()
+    with pytest.raises(RegionError):
+        Region.in_memory(100_000, 1)
+
+
+def test_cluster_core_matches_hand_computed_interleaving():
+    """Arrivals, PS sharing and the FIFO backlog interleave as the model says:
+    1 core, 1 worker, backlog 2; jobs of 0.1 s at 0, 0.05, 0.05, 0.05."""
+    sc = Scenario.model_validate({
+        "name": "fifo", "speed": 3.67e6 / 0.1, "edge": {"n_lbs": 1},
+        "servers": [{"cores": 1, "workers": 1, "backlog": 2}],
+    })
+    tr = Trace(np.array([0.0, 0.05, 0.05, 0.05]), np.full(4, 3.67e6))
+    res = Cluster(sc, tr, "sed").run()
+    assert res.rejected.tolist() == [False, False, False, True]
+    assert res.done[:3] == pytest.approx([0.1, 0.2, 0.3])
+    orc = Cluster(sc, tr, "oracle").run()
+    assert orc.done[:3] == pytest.approx([0.1, 0.2, 0.3])

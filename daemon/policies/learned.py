@@ -24,6 +24,12 @@ from marllb.daemon.nets import NOOP_LEVEL, NumpyAgent, agent_inputs
 from marllb.daemon.policies.base import Policy, PolicyError, register_policy
 
 
+def level_weights(static: Any, levels: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """THE level -> weight map (daemon and training env): static weight (at
+    least 1e-6) x levels[a], per server."""
+    return np.maximum(np.asarray(static, dtype=np.float64), 1e-6) * np.asarray(levels)[a]
+
+
 class LearnedPolicy(Policy):
     """Greedy inference of a trained agent; subclasses name the algorithm."""
 
@@ -87,10 +93,9 @@ class LearnedPolicy(Policy):
             return np.zeros(0)
         a = np.argmax(q, axis=1)
         self.prev = a
-        static = np.maximum(np.asarray(features.static_weight, dtype=np.float64), 1e-6)
         # non-finite scores propagate (NaN weights) so the daemon falls back loudly
         bad = ~np.all(np.isfinite(q), axis=1)
-        w = static * self.levels[a]
+        w = level_weights(features.static_weight, self.levels, a)
         w[bad] = np.nan
         return w
 

@@ -12,6 +12,11 @@ sim_flow_path_flows_per_s   the same S1 run with ticks so rare that only the
 sim_oracle_flows_per_s      S1 with the oracle (no LBs, no ticks)
 sim_tick_us_per_lb          one LB's timer + daemon tick (snapshot, features,
                             policy, sanitize, msg_in), microseconds
+env_agent_steps_per_s       MarlEnv on S1 (the rollout path the trainers use),
+                            random levels, one process: agent (LB) steps per
+                            wall second
+env_agent_steps_per_s_2workers  the same, 4 episodes on 2 local worker
+                            processes (marllb.sim.executor), pool already up
 """
 
 from __future__ import annotations
@@ -21,8 +26,19 @@ import time
 from pathlib import Path
 
 GROUP = "sim"
-TRACE400 = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "rate_400.csv"
 REPEATS = 5
+
+
+def _trace400() -> Path:
+    """../shared/traces/rate_400.csv of the checkout or of any folder above it."""
+    for up in Path(__file__).resolve().parents[2:]:
+        p = up / "shared" / "traces" / "rate_400.csv"
+        if p.is_file():
+            return p
+    return Path(__file__).resolve().parents[3] / "shared" / "traces" / "rate_400.csv"
+
+
+TRACE400 = _trace400()
 
 
 def _best(fn, n=REPEATS):
@@ -66,6 +82,8 @@ def run(progress) -> dict[str, float]:
 
     out["sim_tick_us_per_lb"] = _best(ticks) / 500 * 1e6
 
+    out.update(_env(progress, sc))
+
     if TRACE400.is_file():
         t0 = time.perf_counter()
         raw = load_trace(TRACE400)
@@ -77,4 +95,46 @@ def run(progress) -> dict[str, float]:
         out["sim_trace400_load_s"] = load_s
     else:
         progress(f"{TRACE400} absent: sim_trace400_wall_s skipped")
+    return out
+
+
+def _random_levels(seed: int):  # noqa: ANN202
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return lambda xs: [rng.integers(0, 5, x.shape[0]) for x in xs]
+
+
+def _episode(task: tuple) -> int:
+    """One S1 episode with random levels; returns agent steps (worker side)."""
+    from marllb.sim.marl_env import MarlEnv
+
+    sc, mean, std, seed = task
+    env = MarlEnv(sc, mean, std)
+    return len(env.rollout(_random_levels(seed), seed).reward) * env.L
+
+
+def _env(progress, sc) -> dict[str, float]:  # noqa: ANN001
+    from marllb.sim.executor import LocalExecutor
+    from marllb.sim.marl_env import feature_stats
+
+    mean, std = feature_stats(sc, [99_999])
+    steps = [0]
+
+    def one() -> None:
+        steps[0] = _episode((sc, mean, std, 1))
+
+    t = _best(one, 3)
+    out = {"env_agent_steps_per_s": steps[0] / t}
+    progress(f"env: {steps[0]} agent steps per S1 episode, {out['env_agent_steps_per_s']:.0f}/s")
+    pool = LocalExecutor(2)
+    try:
+        pool.map(_episode, [(sc.model_copy(update={"traffic": sc.traffic.model_copy(
+            update={"duration_s": 1.0})}), mean, std, 0)] * 2)      # start the workers
+        tasks = [(sc, mean, std, s) for s in range(4)]
+        t0 = time.perf_counter()
+        total = sum(pool.map(_episode, tasks))
+        out["env_agent_steps_per_s_2workers"] = total / (time.perf_counter() - t0)
+    finally:
+        pool.close()
     return out
