@@ -10,8 +10,17 @@ start (e.g. the control socket is in use).
 
 from __future__ import annotations
 
-import argparse
-import sys
+import os
+
+# One thread for the numeric libraries, set before anything imports numpy:
+# the per-tick matmuls are tiny, and an OpenBLAS/OpenMP pool spin-waits after
+# each one, burning a core that belongs to packet processing (issue 15).
+# threadpool_limits in main() re-applies it should numpy already be loaded.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
 
 from marllb.daemon.config import CLI_KEYS, EX_CONFIG, ConfigError, load_config
 
@@ -34,6 +43,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="validate the configuration, print it as JSON and exit")
     ap.add_argument("--list-policies", action="store_true", help="list policies and exit")
     return ap.parse_args(argv)
+
+
+def pin_numeric_threads() -> None:
+    """Limit BLAS/OpenMP pools to one thread, even if numpy is already loaded."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from marllb.daemon.logs import setup_logging
     from marllb.daemon.loop import Daemon
 
+    pin_numeric_threads()
     setup_logging(cfg.log_level)
     daemon = Daemon(cfg, config_path=args.config, overrides=overrides)
     log = daemon.log
