@@ -22,7 +22,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from marllb.daemon.config import CLI_KEYS, EX_CONFIG, ConfigError, load_config
+from marllb.daemon.config import CLI_KEYS, EX_CONFIG, ConfigError, load_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
