@@ -80,6 +80,15 @@ static uint32_t live_of(const mlb_reservoir_t *r, uint64_t *n_seen)
     return c;
 }
 
+/* One step of Floyd's algorithm: draw t uniform in [0, j] from 32 random
+ * bits (multiply-shift); take t, or j when t is taken already. */
+static inline void floyd_step(uint64_t *used, uint32_t j, uint32_t r32)
+{
+    uint32_t t = (uint32_t)(((uint64_t)r32 * (j + 1)) >> 32);
+    t = (used[t / 64] >> (t % 64) & 1) ? j : t;
+    used[t / 64] |= 1ULL << (t % 64);
+}
+
 /* Merge into one sample of the union in which every item of the union has
  * the same inclusion probability m/N (m = min(K, N), N = sum of n_seen).
  * Per-source counts use systematic rounding of m*n_i/N (unbiased, lower
@@ -121,10 +130,13 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
          * with `take` draws into a bitmap; then copy in slot order, so the
          * reads of the shared frame are sequential (prefetch-friendly). */
         uint64_t used[K / 64] = {0};
-        for (uint32_t j = live[i] - (uint32_t)take; j < live[i]; j++) {
-            uint32_t t = mlb_rng_below(rng, j + 1);
-            t = (used[t / 64] >> (t % 64) & 1) ? j : t;
-            used[t / 64] |= 1ULL << (t % 64);
+        uint32_t j = live[i] - (uint32_t)take;
+        if (take & 1)
+            floyd_step(used, j++, (uint32_t)(mlb_rng_u64(rng) >> 32));
+        for (; j < live[i]; j += 2) {   /* one 64-bit draw serves two steps */
+            uint64_t b = mlb_rng_u64(rng);
+            floyd_step(used, j, (uint32_t)(b >> 32));
+            floyd_step(used, j + 1, (uint32_t)b);
         }
         for (uint32_t b = 0; b < K / 64; b++)
             for (uint64_t bits = used[b]; bits; bits &= bits - 1)

@@ -276,18 +276,23 @@ class FeatureExtractor:
         return _finite(delta / dt, MAX_RATE)
 
 
+def observation_into(features: Features, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (n, len(FEATURE_NAMES)), any float dtype, with the raw
+    observation columns (no allocation; NaN/inf are left to the caller)."""
+    f = features
+    out[:, 0] = f.active
+    out[:, 1] = f.new_flow_rate
+    out[:, 2:7] = f.fct
+    out[:, 7] = f.fct_count
+    out[:, 8:13] = f.age
+    out[:, 13] = f.age_count
+    out[:, 14] = f.static_weight
+    out[:, 15] = f.up
+    return out
+
+
 def observation_matrix(features: Features) -> np.ndarray:
     """The per-server observation of a learned policy: (n, len(FEATURE_NAMES)) float32."""
-    f = features
-    n = f.n
-    obs = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    obs[:, 0] = f.active
-    obs[:, 1] = f.new_flow_rate
-    obs[:, 2:7] = f.fct
-    obs[:, 7] = f.fct_count
-    obs[:, 8:13] = f.age
-    obs[:, 13] = f.age_count
-    obs[:, 14] = f.static_weight
-    obs[:, 15] = f.up
+    obs = observation_into(features, np.empty((features.n, len(FEATURE_NAMES))))
     obs = np.nan_to_num(obs, nan=0.0, posinf=MAX_COUNT, neginf=0.0)
     return obs.astype(np.float32)
