@@ -89,11 +89,24 @@ static inline void floyd_step(uint64_t *used, uint32_t j, uint32_t r32)
     used[t / 64] |= 1ULL << (t % 64);
 }
 
+_Static_assert((K & (K - 1)) == 0, "MLB_RESERVOIR_K must be a power of two");
+
 /* Merge into one sample of the union in which every item of the union has
  * the same inclusion probability m/N (m = min(K, N), N = sum of n_seen).
  * Per-source counts use systematic rounding of m*n_i/N (unbiased, lower
- * variance than the hypergeometric draw); within a source a uniform subset
- * of its live slots is taken by a partial Fisher-Yates shuffle. */
+ * variance than the hypergeometric draw).  Within a source, `take` of its
+ * `live` slots:
+ *  - a full source (live == K, the steady state): the first `take` slots of
+ *    a random affine permutation j -> (a*j + b) mod K (a odd, b uniform).
+ *    Every slot is taken with probability take/K exactly, one random draw
+ *    per source.  Algorithm L writes each entering item to a uniformly
+ *    random slot, so a full reservoir's slots are (after the first fill)
+ *    exchangeable and any fixed-size slot subset is a uniform sample of its
+ *    items; the permutation also breaks up the fill order.
+ *  - otherwise a uniform `take`-subset by Floyd's algorithm into a bitmap,
+ *    copied in slot order.
+ * The Floyd bookkeeping (a dependent chain per draw) made the merge, not the
+ * memory reads, the cost of a snapshot. */
 int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
                         mlb_reservoir_t *dst, mlb_rng_t *rng_io)
 {
@@ -121,14 +134,20 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
             take = live[i];
         if (out + take > m)
             take = m - out;
+        const mlb_sample_t *s = src[i]->s;
         if ((uint32_t)take == live[i]) {
-            memcpy(&dst->s[out], src[i]->s, take * sizeof(mlb_sample_t));
+            memcpy(&dst->s[out], s, take * sizeof(mlb_sample_t));
             out += (uint32_t)take;
             continue;
         }
-        /* Floyd's algorithm: a uniform `take`-subset of the live slots
-         * with `take` draws into a bitmap; then copy in slot order, so the
-         * reads of the shared frame are sequential (prefetch-friendly). */
+        if (live[i] == K) {
+            uint64_t r = mlb_rng_u64(rng);
+            uint32_t a = ((uint32_t)r & (K - 1)) | 1, b = (uint32_t)(r >> 32) & (K - 1);
+            for (uint32_t j = 0; j < (uint32_t)take; j++)
+                dst->s[out + j] = s[(b + a * j) & (K - 1)];
+            out += (uint32_t)take;
+            continue;
+        }
         uint64_t used[K / 64] = {0};
         uint32_t j = live[i] - (uint32_t)take;
         if (take & 1)
@@ -138,9 +157,9 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
             floyd_step(used, j, (uint32_t)(b >> 32));
             floyd_step(used, j + 1, (uint32_t)b);
         }
-        for (uint32_t b = 0; b < K / 64; b++)
-            for (uint64_t bits = used[b]; bits; bits &= bits - 1)
-                dst->s[out++] = src[i]->s[b * 64 + (uint32_t)__builtin_ctzll(bits)];
+        for (uint32_t w = 0; w < K / 64; w++)
+            for (uint64_t bits = used[w]; bits; bits &= bits - 1)
+                dst->s[out++] = s[w * 64 + (uint32_t)__builtin_ctzll(bits)];
     }
     *rng_io = local;
     dst->count = out;

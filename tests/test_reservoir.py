@@ -100,6 +100,31 @@ def test_merge_is_uniform_over_the_union() -> None:
     assert np.allclose(share, np.array(sizes[:3]) / total, atol=0.01)
 
 
+def test_merge_of_full_reservoirs_takes_every_slot_equally_often() -> None:
+    """Full sources (the affine-permutation path): slot j of source i holds
+    item 128 i + j in fill order, the least exchangeable layout there is."""
+    samplers = [new_sampler(i + 1) for i in range(4)]
+    for i, s in enumerate(samplers):
+        lib.mlb_sampler_add_batch(s, f64(np.arange(i * K, (i + 1) * K, dtype=np.float64)),
+                                  ffi.NULL, 0, K)
+    src = ffi.new("mlb_reservoir_t *[]", [ffi.addressof(s.r) for s in samplers])
+    dst = ffi.new("mlb_reservoir_t *")
+    rng = ffi.new("mlb_rng_t *")
+    lib.mlb_rng_seed(rng, 5)
+    trials = 4000
+    counts = np.zeros(4 * K)
+    subsets = set()
+    for _ in range(trials):
+        assert lib.mlb_reservoir_merge(src, 4, dst, rng) == lib.MLB_OK
+        v = values_of(dst).astype(int)
+        assert dst.count == K and len(set(v)) == K            # without replacement
+        counts[v] += 1
+        subsets.add(tuple(sorted(v[v < K])))
+    # each slot with probability 1/4: binomial(4000, 1/4) -> mean 1000, sd 27
+    assert np.all(np.abs(counts - trials / 4) < 6 * np.sqrt(trials * 3 / 16))
+    assert len(subsets) > 1000                 # not a few fixed blocks
+
+
 def test_merge_of_small_reservoirs_keeps_all() -> None:
     samplers = [new_sampler(i + 1) for i in range(3)]
     for i, s in enumerate(samplers):
