@@ -171,17 +171,17 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
 /* Seconds per unit of a sample's time stamp. */
 #define T_UNIT_S ((double)(1ULL << MLB_SAMPLE_T_SHIFT) * 1e-9)
 
-/* decay^age by table: age in stamp units a < 2^20 (~18 min) is
- * lo[a & 1023] * hi[a >> 10], each entry from libm's exp2, so a weight is
- * within 3 ulp of decay^(a * unit); older samples weigh 0 (0.9^1100 s is
- * 1e-50 anyway).  The tables are rebuilt only when the decay changes, per
- * thread (the daemon uses one decay for its lifetime). */
+/* decay^age by table: an age of a stamp units (0 <= a < 2^31) is split into
+ * 10 + 10 + 11 bits, weight = t0[a & 1023] * t1[a >> 10 & 1023] * t2[a >> 20],
+ * each entry from libm's exp2, so a weight is within a few ulp of
+ * decay^(a * unit) (or underflows to 0 with it).  The tables are rebuilt
+ * only when the decay changes, per thread (the daemon uses one decay for
+ * its lifetime; 4096 exp2 calls then). */
 #define DECAY_BITS 10
 #define DECAY_N (1u << DECAY_BITS)
 typedef struct {
     double decay;
-    double lo[DECAY_N];
-    double hi[DECAY_N + 1];    /* hi[DECAY_N] = 0: every older age lands there */
+    double t0[DECAY_N], t1[DECAY_N], t2[2 * DECAY_N];
 } decay_table_t;
 
 static _Thread_local decay_table_t decay_tab;
@@ -192,10 +192,11 @@ static const decay_table_t *decay_table(double decay_per_s)
     if (t->decay != decay_per_s) {
         double c = log2(decay_per_s) * T_UNIT_S;    /* log2 weight per unit, <= 0 */
         for (uint32_t a = 0; a < DECAY_N; a++) {
-            t->lo[a] = exp2(c * a);
-            t->hi[a] = exp2(c * (double)(a << DECAY_BITS));
+            t->t0[a] = exp2(c * a);
+            t->t1[a] = exp2(c * (double)a * DECAY_N);
         }
-        t->hi[DECAY_N] = 0.0;
+        for (uint32_t a = 0; a < 2 * DECAY_N; a++)
+            t->t2[a] = exp2(c * (double)a * DECAY_N * DECAY_N);
         t->decay = decay_per_s;
     }
     return t;
@@ -340,10 +341,10 @@ void mlb_reservoir_stats(const mlb_reservoir_t *r, uint64_t now_ns,
         float x = r->s[i].value;
         int32_t age = (int32_t)(now_u - r->s[i].t);          /* signed: stamps wrap */
         uint32_t a = age > 0 ? (uint32_t)age : 0;           /* stamped after now: age 0 */
-        uint32_t ah = a >> DECAY_BITS;
         v[i] = (double)x;
         key[i] = sort_key(x, i);
-        w[i] = dt->lo[a & (DECAY_N - 1)] * dt->hi[ah < DECAY_N ? ah : DECAY_N];
+        w[i] = dt->t0[a & (DECAY_N - 1)] * dt->t1[a >> DECAY_BITS & (DECAY_N - 1)]
+             * dt->t2[a >> (2 * DECAY_BITS)];
     }
     /* One pass for all sums; four lanes break the add chains.  The spread
      * is summed about v[0] (shifted data: no cancellation for a tight one). */

@@ -213,21 +213,26 @@ def reservoir_of(values, t_ns) -> object:
     return r
 
 
-@pytest.mark.parametrize("age_units", [0, 1, 1023, 1024, 5000, 2**20 - 1])
-def test_decay_weight_is_exact_to_a_few_ulp(age_units: int) -> None:
+@pytest.mark.parametrize("age_units", [0, 1, 1023, 1024, 5000, 2**20 - 1, 2**20 + 77,
+                                       3 * 2**20 + 5, 2**31 - 1])
+@pytest.mark.parametrize("decay", [0.9, 0.9999, 1.0])
+def test_decay_weight_is_exact_to_a_few_ulp(age_units: int, decay: float) -> None:
     # two samples, values 0 and 1: dmean = w(age) / (1 + w(age))
-    now = 10**15
+    now = 10**16
     r = reservoir_of([0.0, 1.0], [now, now - age_units * 2**SHIFT])
-    w = 0.8 ** (age_units * UNIT_S)
-    assert stats_of(r, now, 0.8)[3] == pytest.approx(w / (1 + w), rel=1e-13, abs=1e-300)
+    w = decay ** (age_units * UNIT_S)
+    assert stats_of(r, now, decay)[3] == pytest.approx(w / (1 + w), rel=1e-13, abs=1e-300)
 
 
-def test_samples_older_than_the_table_weigh_nothing() -> None:
+def test_very_old_samples_weigh_next_to_nothing() -> None:
     now = 10**15
     r = reservoir_of([5.0, 1.0], [now, now - 2**20 * 2**SHIFT])   # ~18 min old
     assert stats_of(r, now)[3] == 5.0
-    r = reservoir_of([5.0, 1.0], [now - 2**21 * 2**SHIFT] * 2)     # all too old: plain mean
-    assert stats_of(r, now)[3] == 3.0
+    r = reservoir_of([5.0, 1.0], [now - 2**21 * 2**SHIFT] * 2)     # both old: equal weights
+    assert stats_of(r, now)[3] == pytest.approx(3.0, rel=1e-15)
+    r = reservoir_of([5.0, 1.0], [now, now - 2**30 * 2**SHIFT])   # weight underflows to 0
+    assert stats_of(r, now)[3] == 5.0
+    assert stats_of(r, now, 1.0)[3] == 3.0                         # no decay: no age counts
 
 
 def test_stamps_wrap_and_future_stamps_have_age_zero() -> None:
