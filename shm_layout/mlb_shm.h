@@ -69,8 +69,8 @@
 #define MLB_ERR_LAYOUT -6
 #define MLB_ERR_ARG -7
 
-/* Sample time stamps count units of 2^MLB_SAMPLE_T_SHIFT ns (1.048576 ms). */
-#define MLB_SAMPLE_T_SHIFT 20
+/* Sample time stamps count units of 2^MLB_SAMPLE_T_SHIFT ns (16.384 us). */
+#define MLB_SAMPLE_T_SHIFT 14
 
 /* One flow sample: a completed flow's duration (FCT) or an in-progress
  * flow's age, in seconds, stamped with the data-plane time it was taken.
@@ -79,7 +79,8 @@
  * mantissa: 6e-8 relative; NaN/inf pass through for the daemon to reject).
  * t: (t_ns >> MLB_SAMPLE_T_SHIFT) modulo 2^32; a reader takes the age as
  * the signed 32-bit difference from its own time, exact to one unit for
- * samples up to 2^31 units (~26 days) old. */
+ * samples up to 2^31 units (~9.8 hours) old; an older sample aliases (with
+ * the default decay its weight was ~0 hours before that). */
 typedef struct {
     float value;
     uint32_t t;

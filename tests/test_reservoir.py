@@ -197,11 +197,11 @@ def test_stats_equal_numpy_over_live_slots(n: int) -> None:
     got = [out.mean, out.std, out.p90, out.dmean, out.dp90]
     # exact up to summation order: the decay table is within a few ulp
     np.testing.assert_allclose(got, reference_stats(v, stamp_ages_s(t, now), 0.9), rtol=1e-9)
-    # the stamps' ~1 ms resolution moves the decayed stats by < |ln 0.9| * 1.05 ms
+    # the stamps' 16 us resolution moves the decayed stats by < |ln 0.9| * 16.4 us
     exact_age = np.array([(now - int(ts[np.flatnonzero(np.float32(vals) == x)[0]])) / 1e9
                           for x in v.astype(np.float32)])
     ref = reference_stats(v, exact_age, 0.9)
-    assert abs(out.dmean - ref[3]) <= 2e-4 * ref[3]
+    assert abs(out.dmean - ref[3]) <= 4e-6 * ref[3]
 
 
 def reservoir_of(values, t_ns) -> object:
@@ -226,11 +226,11 @@ def test_decay_weight_is_exact_to_a_few_ulp(age_units: int, decay: float) -> Non
 
 def test_very_old_samples_weigh_next_to_nothing() -> None:
     now = 10**15
-    r = reservoir_of([5.0, 1.0], [now, now - 2**20 * 2**SHIFT])   # ~18 min old
+    r = reservoir_of([5.0, 1.0], [now, now - 2**26 * 2**SHIFT])   # ~18 min old: 0.9^1100
     assert stats_of(r, now)[3] == 5.0
-    r = reservoir_of([5.0, 1.0], [now - 2**21 * 2**SHIFT] * 2)     # both old: equal weights
+    r = reservoir_of([5.0, 1.0], [now - 2**27 * 2**SHIFT] * 2)     # both old: equal weights
     assert stats_of(r, now)[3] == pytest.approx(3.0, rel=1e-15)
-    r = reservoir_of([5.0, 1.0], [now, now - 2**30 * 2**SHIFT])   # weight underflows to 0
+    r = reservoir_of([5.0, 1.0], [now, now - 2**30 * 2**SHIFT])   # 4.9 h: underflows to 0
     assert stats_of(r, now)[3] == 5.0
     assert stats_of(r, now, 1.0)[3] == 3.0                         # no decay: no age counts
 
