@@ -37,14 +37,22 @@ static inline uint64_t mlb_sampler_skip_(mlb_sampler_t *s)
     return d > 1e18 ? (uint64_t)1e18 : (uint64_t)d;
 }
 
+/* The compact sample (ABI 2): float32 seconds and the time in units of
+ * 2^MLB_SAMPLE_T_SHIFT ns, modulo 2^32 (see mlb_shm.h).  Only items that
+ * enter the reservoir pay for the conversion. */
+static inline void mlb_sample_set(mlb_sample_t *slot, uint64_t t_ns, double value)
+{
+    slot->value = (float)value;     /* IEEE: out of range -> inf, NaN stays NaN */
+    slot->t = (uint32_t)(t_ns >> MLB_SAMPLE_T_SHIFT);
+}
+
 /* Called with n_seen already counting this item, when n_seen == next. */
 static inline void mlb_sampler_take_(mlb_sampler_t *s, uint64_t t_ns, double value)
 {
     mlb_sample_t *slot;
     if (s->r.count < MLB_RESERVOIR_K) {
         slot = &s->r.s[s->r.count++];
-        slot->t_ns = t_ns;
-        slot->value = value;
+        mlb_sample_set(slot, t_ns, value);
         if (s->r.count < MLB_RESERVOIR_K) {
             s->next = s->r.n_seen + 1;
             return;
@@ -52,8 +60,7 @@ static inline void mlb_sampler_take_(mlb_sampler_t *s, uint64_t t_ns, double val
         s->w = exp(log(mlb_rng_unit(&s->rng)) / MLB_RESERVOIR_K);
     } else {
         slot = &s->r.s[mlb_rng_below(&s->rng, MLB_RESERVOIR_K)];
-        slot->t_ns = t_ns;
-        slot->value = value;
+        mlb_sample_set(slot, t_ns, value);
         s->w *= exp(log(mlb_rng_unit(&s->rng)) / MLB_RESERVOIR_K);
     }
     s->next = s->r.n_seen + mlb_sampler_skip_(s) + 1;

@@ -60,9 +60,8 @@ void mlb_sampler_add_batch(mlb_sampler_t *s, const double *values,
     uint64_t end = seen + (n - i);
     while (s->next <= end) {
         size_t j = i + (size_t)(s->next - seen - 1);
-        mlb_sample_t *slot = &s->r.s[mlb_rng_below(&s->rng, K)];
-        slot->t_ns = t_ns ? t_ns[j] : t_default;
-        slot->value = values[j];
+        mlb_sample_set(&s->r.s[mlb_rng_below(&s->rng, K)], t_ns ? t_ns[j] : t_default,
+                       values[j]);
         s->w *= exp(log(mlb_rng_unit(&s->rng)) / K);
         s->next = s->next + mlb_sampler_skip_(s) + 1;
     }
@@ -81,11 +80,33 @@ static uint32_t live_of(const mlb_reservoir_t *r, uint64_t *n_seen)
     return c;
 }
 
+/* One step of Floyd's algorithm: draw t uniform in [0, j] from 32 random
+ * bits (multiply-shift); take t, or j when t is taken already. */
+static inline void floyd_step(uint64_t *used, uint32_t j, uint32_t r32)
+{
+    uint32_t t = (uint32_t)(((uint64_t)r32 * (j + 1)) >> 32);
+    t = (used[t / 64] >> (t % 64) & 1) ? j : t;
+    used[t / 64] |= 1ULL << (t % 64);
+}
+
+_Static_assert((K & (K - 1)) == 0, "MLB_RESERVOIR_K must be a power of two");
+
 /* Merge into one sample of the union in which every item of the union has
  * the same inclusion probability m/N (m = min(K, N), N = sum of n_seen).
  * Per-source counts use systematic rounding of m*n_i/N (unbiased, lower
- * variance than the hypergeometric draw); within a source a uniform subset
- * of its live slots is taken by a partial Fisher-Yates shuffle. */
+ * variance than the hypergeometric draw).  Within a source, `take` of its
+ * `live` slots:
+ *  - a full source (live == K, the steady state): the first `take` slots of
+ *    a random affine permutation j -> (a*j + b) mod K (a odd, b uniform).
+ *    Every slot is taken with probability take/K exactly, one random draw
+ *    per source.  Algorithm L writes each entering item to a uniformly
+ *    random slot, so a full reservoir's slots are (after the first fill)
+ *    exchangeable and any fixed-size slot subset is a uniform sample of its
+ *    items; the permutation also breaks up the fill order.
+ *  - otherwise a uniform `take`-subset by Floyd's algorithm into a bitmap,
+ *    copied in slot order.
+ * The Floyd bookkeeping (a dependent chain per draw) made the merge, not the
+ * memory reads, the cost of a snapshot. */
 int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
                         mlb_reservoir_t *dst, mlb_rng_t *rng_io)
 {
@@ -113,23 +134,32 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
             take = live[i];
         if (out + take > m)
             take = m - out;
+        const mlb_sample_t *s = src[i]->s;
         if ((uint32_t)take == live[i]) {
-            memcpy(&dst->s[out], src[i]->s, take * sizeof(mlb_sample_t));
+            memcpy(&dst->s[out], s, take * sizeof(mlb_sample_t));
             out += (uint32_t)take;
             continue;
         }
-        /* Floyd's algorithm: a uniform `take`-subset of the live slots
-         * with `take` draws into a bitmap; then copy in slot order, so the
-         * reads of the shared frame are sequential (prefetch-friendly). */
-        uint64_t used[K / 64] = {0};
-        for (uint32_t j = live[i] - (uint32_t)take; j < live[i]; j++) {
-            uint32_t t = mlb_rng_below(rng, j + 1);
-            t = (used[t / 64] >> (t % 64) & 1) ? j : t;
-            used[t / 64] |= 1ULL << (t % 64);
+        if (live[i] == K) {
+            uint64_t r = mlb_rng_u64(rng);
+            uint32_t a = ((uint32_t)r & (K - 1)) | 1, b = (uint32_t)(r >> 32) & (K - 1);
+            for (uint32_t j = 0; j < (uint32_t)take; j++)
+                dst->s[out + j] = s[(b + a * j) & (K - 1)];
+            out += (uint32_t)take;
+            continue;
         }
-        for (uint32_t b = 0; b < K / 64; b++)
-            for (uint64_t bits = used[b]; bits; bits &= bits - 1)
-                dst->s[out++] = src[i]->s[b * 64 + (uint32_t)__builtin_ctzll(bits)];
+        uint64_t used[K / 64] = {0};
+        uint32_t j = live[i] - (uint32_t)take;
+        if (take & 1)
+            floyd_step(used, j++, (uint32_t)(mlb_rng_u64(rng) >> 32));
+        for (; j < live[i]; j += 2) {   /* one 64-bit draw serves two steps */
+            uint64_t b = mlb_rng_u64(rng);
+            floyd_step(used, j, (uint32_t)(b >> 32));
+            floyd_step(used, j + 1, (uint32_t)b);
+        }
+        for (uint32_t w = 0; w < K / 64; w++)
+            for (uint64_t bits = used[w]; bits; bits &= bits - 1)
+                dst->s[out++] = s[w * 64 + (uint32_t)__builtin_ctzll(bits)];
     }
     *rng_io = local;
     dst->count = out;
@@ -138,46 +168,88 @@ int mlb_reservoir_merge(const mlb_reservoir_t **src, size_t nsrc,
     return MLB_OK;
 }
 
-/* exp(x) for x <= 0 to ~1e-12 relative error, branch-free so the compiler
- * vectorises the per-sample decay loop (libm's exp was 80% of stats). */
-static inline double exp_nonpos(double x)  /* x in [-700, 0] */
+/* Seconds per unit of a sample's time stamp. */
+#define T_UNIT_S ((double)(1ULL << MLB_SAMPLE_T_SHIFT) * 1e-9)
+
+/* decay^age by table: an age of a stamp units (0 <= a < 2^31) is split into
+ * 10 + 10 + 11 bits, weight = t0[a & 1023] * t1[a >> 10 & 1023] * t2[a >> 20],
+ * each entry from libm's exp2, so a weight is within a few ulp of
+ * decay^(a * unit) (or underflows to 0 with it).  The tables are rebuilt
+ * only when the decay changes, per thread (the daemon uses one decay for
+ * its lifetime; 4096 exp2 calls then). */
+#define DECAY_BITS 10
+#define DECAY_N (1u << DECAY_BITS)
+typedef struct {
+    double decay;
+    double t0[DECAY_N], t1[DECAY_N], t2[2 * DECAY_N];
+} decay_table_t;
+
+static _Thread_local decay_table_t decay_tab;
+
+static const decay_table_t *decay_table(double decay_per_s)
 {
-    const double magic = 6755399441055744.0;          /* 1.5 * 2^52 */
-    union { double d; uint64_t u; } y, scale;
-    y.d = x * 1.4426950408889634 + magic;   /* low bits: round(x / ln 2) */
-    double k = y.d - magic;
-    double r = (x - k * 0.6931471803691238) - k * 1.9082149292705877e-10;
-    /* |r| <= ln2/2: the degree-10 Taylor remainder is below 1e-12 */
-    double p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
-             + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
-             + r * (1.0 / 3628800))))))))));
-    scale.u = (y.u + 1023) << 52;           /* 2^k from the low 12 bits */
-    return p * scale.d;
+    decay_table_t *t = &decay_tab;
+    if (t->decay != decay_per_s) {
+        double c = log2(decay_per_s) * T_UNIT_S;    /* log2 weight per unit, <= 0 */
+        for (uint32_t a = 0; a < DECAY_N; a++) {
+            t->t0[a] = exp2(c * a);
+            t->t1[a] = exp2(c * (double)a * DECAY_N);
+        }
+        for (uint32_t a = 0; a < 2 * DECAY_N; a++)
+            t->t2[a] = exp2(c * (double)a * DECAY_N * DECAY_N);
+        t->decay = decay_per_s;
+    }
+    return t;
 }
 
-/* The k-th and (k+1)-th smallest (0-based) of v[0..n), k + 1 < n, keeping
- * only the n - k largest values in a small sorted buffer: for p90 of 128
- * that is 14 slots, and most values are rejected by one compare. */
-static void kth_pair(const double *v, uint32_t n, uint32_t k, double *kth, double *next)
+/* A sample's sort key: its float32 value's bits made order-preserving as an
+ * unsigned integer (negative floats flipped whole, others get the sign bit
+ * set) in the high half, its slot index in the low half.  One integer
+ * compare orders values, and moving a key moves value and weight together. */
+static inline uint64_t sort_key(float value, uint32_t i)
 {
-    double top[MLB_RESERVOIR_K];
-    uint32_t m = n - k, len = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        double x = v[i];
-        if (len == m) {
-            if (!(x > top[0]))
-                continue;
-            uint32_t j = 0;                      /* drop top[0], insert x */
-            while (j + 1 < m && top[j + 1] < x) { top[j] = top[j + 1]; j++; }
-            top[j] = x;
-        } else {
-            uint32_t j = len++;
-            while (j > 0 && top[j - 1] > x) { top[j] = top[j - 1]; j--; }
-            top[j] = x;
-        }
+    union { float f; uint32_t u; } b = { .f = value };
+    uint32_t mask = (uint32_t)-(int32_t)(b.u >> 31) | 0x80000000u;
+    return (uint64_t)(b.u ^ mask) << 32 | i;
+}
+
+/* Insert x into the ascending buffer top[0..*len) that keeps the m largest. */
+static inline void top_insert(uint64_t *top, uint32_t *len, uint32_t m, uint64_t x)
+{
+    uint32_t j;
+    if (*len == m) {
+        if (x < top[0])
+            return;
+        for (j = 0; j + 1 < m && top[j + 1] < x; j++)    /* drop top[0], insert x */
+            top[j] = top[j + 1];
+    } else {
+        for (j = (*len)++; j > 0 && top[j - 1] > x; j--)
+            top[j] = top[j - 1];
     }
-    *kth = top[0];
-    *next = m > 1 ? top[1] : top[0];
+    top[j] = x;
+}
+
+/* The m largest keys of key[0..n), ascending in top (1 <= m <= n).  The
+ * maxima of groups of four go in first: they fill the buffer with large
+ * keys, so that most of the others are rejected by one compare (about 40%
+ * fewer insertions than in slot order). */
+static void top_m(const uint64_t *key, uint32_t n, uint32_t m, uint64_t *top)
+{
+    uint32_t len = 0, g = n / 4, i = 0;
+    if (g >= m) {
+        uint64_t gmax[K / 4];
+        for (uint32_t q = 0; q < g; q++) {
+            uint64_t a = key[4 * q] > key[4 * q + 1] ? key[4 * q] : key[4 * q + 1];
+            uint64_t b = key[4 * q + 2] > key[4 * q + 3] ? key[4 * q + 2] : key[4 * q + 3];
+            gmax[q] = a > b ? a : b;
+            top_insert(top, &len, m, gmax[q]);
+        }
+        for (; i < 4 * g; i++)             /* keys are distinct: skip each group's max */
+            if (key[i] != gmax[i / 4])
+                top_insert(top, &len, m, key[i]);
+    }
+    for (; i < n; i++)
+        top_insert(top, &len, m, key[i]);
 }
 
 /* Smallest x with weight(values <= x) >= target: weighted quickselect. */
@@ -214,51 +286,114 @@ static double weighted_select(double *v, double *w, uint32_t n, double target)
     return v[lo];
 }
 
+/* dp90 from the top buffer: walk down the groups of equal values while the
+ * weight at or below the group still reaches target.  Decided there unless
+ * the walk gets to the buffer's least group and the buffer is not all the
+ * values (lower values may qualify too, and ties of top[0] may be missing):
+ * then *done = 0. */
+static double top_weighted(const uint64_t *top, uint32_t m, int all, const double *v,
+                           const double *w, double wsum, double target, int *done)
+{
+    double above = 0.0, best = v[(uint32_t)top[m - 1]];
+    uint32_t j = m;
+    *done = 1;
+    while (j > 0) {
+        uint32_t hi = (uint32_t)(top[j - 1] >> 32), g = j;
+        double gw = 0.0;
+        while (g > 0 && (uint32_t)(top[g - 1] >> 32) == hi)
+            gw += w[(uint32_t)top[--g]];
+        if (!(wsum - above >= target))
+            return best;        /* this group is too low: the one above is the answer */
+        best = v[(uint32_t)top[g]];
+        if (g == 0) {
+            *done = all;
+            return best;
+        }
+        above += gw;
+        j = g;
+    }
+    return best;
+}
+
+/* Extra slots beyond what p90 needs, so that dp90 is decided in the top
+ * buffer unless the weight sits far below the top (old large samples). */
+#define TOP_EXTRA 6
+
 void mlb_reservoir_stats(const mlb_reservoir_t *r, uint64_t now_ns,
                          double decay_per_s, mlb_stats_t *out)
 {
     uint64_t n_seen;
     uint32_t n = live_of(r, &n_seen);
     double v[K], w[K];
-    double sum = 0.0, wsum = 0.0, wxsum = 0.0;
-    double ln_decay = log(decay_per_s);
+    uint64_t key[K], top[K];
     out->count = n;
     out->_pad = 0;
     if (n == 0) {
         out->mean = out->std = out->p90 = out->dmean = out->dp90 = NAN;
         return;
     }
+    if (!(decay_per_s > 0.0 && decay_per_s <= 1.0))
+        decay_per_s = 1.0;
+    /* weight = decay^age = 2^(age_units * c): c <= 0, so the exponent is <= 0 */
+    const decay_table_t *dt = decay_table(decay_per_s);
+    const uint32_t now_u = (uint32_t)(now_ns >> MLB_SAMPLE_T_SHIFT);
     for (uint32_t i = 0; i < n; i++) {
-        double x = r->s[i].value;
-        uint64_t t = r->s[i].t_ns;
-        double age_s = t < now_ns ? (double)(int64_t)(now_ns - t) * 1e-9 : 0.0;
-        v[i] = x;
-        double e = ln_decay * age_s;          /* decay in (0, 1]: e <= 0 */
-        w[i] = e < -700.0 ? -700.0 : (e > 0.0 ? 0.0 : e);
+        float x = r->s[i].value;
+        int32_t age = (int32_t)(now_u - r->s[i].t);          /* signed: stamps wrap */
+        uint32_t a = age > 0 ? (uint32_t)age : 0;           /* stamped after now: age 0 */
+        v[i] = (double)x;
+        key[i] = sort_key(x, i);
+        w[i] = dt->t0[a & (DECAY_N - 1)] * dt->t1[a >> DECAY_BITS & (DECAY_N - 1)]
+             * dt->t2[a >> (2 * DECAY_BITS)];
     }
-    for (uint32_t i = 0; i < n; i++)   /* no reduction here: vectorises */
-        w[i] = exp_nonpos(w[i]);
-    for (uint32_t i = 0; i < n; i++) {
-        sum += v[i];
-        wsum += w[i];
-        wxsum += w[i] * v[i];
+    /* One pass for all sums; four lanes break the add chains.  The spread
+     * is summed about v[0] (shifted data: no cancellation for a tight one). */
+    const double x0 = v[0];
+    double s0[4] = {0}, s2[4] = {0}, sw[4] = {0}, sx[4] = {0};
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (uint32_t j = 0; j < 4; j++) {
+            double x = v[i + j], d = x - x0;
+            s0[j] += x;
+            s2[j] += d * d;
+            sw[j] += w[i + j];
+            sx[j] += w[i + j] * x;
+        }
+    for (; i < n; i++) {
+        double x = v[i], d = x - x0;
+        s0[0] += x;
+        s2[0] += d * d;
+        sw[0] += w[i];
+        sx[0] += w[i] * x;
     }
-    double mean = sum / n, ss = 0.0;
-    for (uint32_t i = 0; i < n; i++)
-        ss += (v[i] - mean) * (v[i] - mean);
+    double sum = (s0[0] + s0[1]) + (s0[2] + s0[3]);
+    double wsum = (sw[0] + sw[1]) + (sw[2] + sw[3]);
+    double wxsum = (sx[0] + sx[1]) + (sx[2] + sx[3]);
+    double d1 = sum / n - x0;
+    double var = ((s2[0] + s2[1]) + (s2[2] + s2[3])) / n - d1 * d1;
+    double mean = sum / n;
     out->mean = mean;
-    out->std = sqrt(ss / n);
+    out->std = sqrt(var < 0.0 ? 0.0 : var);     /* NaN stays NaN */
     /* all weights underflow to 0 for very old samples: fall back to plain */
     out->dmean = wsum > 0.0 ? wxsum / wsum : mean;
 
-
     double h = 0.9 * (n - 1);                   /* numpy's linear rule */
     uint32_t k = (uint32_t)h;
-    double lo, hi;
-    kth_pair(v, n, k, &lo, &hi);
+    uint32_t m = n - k + TOP_EXTRA;             /* p90 needs the n - k largest */
+    if (m > n)
+        m = n;
+    top_m(key, n, m, top);
+    double lo = v[(uint32_t)top[m - (n - k)]];
+    double hi = n - k > 1 ? v[(uint32_t)top[m - (n - k) + 1]] : lo;
     out->p90 = lo + (h - k) * (hi - lo);
-    /* last: it reorders v and w */
-    out->dp90 = wsum > 0.0 ? weighted_select(v, w, n, 0.9 * wsum) : out->p90;
+    if (!(wsum > 0.0)) {
+        out->dp90 = out->p90;
+        return;
+    }
+    int done;
+    double target = 0.9 * wsum;
+    double dp = top_weighted(top, m, m == n, v, w, wsum, target, &done);
+    out->dp90 = done ? dp : weighted_select(v, w, n, target);   /* reorders v and w */
 }
 
 void mlb_reservoir_stats_many(const mlb_reservoir_t *r, size_t n, uint64_t now_ns,

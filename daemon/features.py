@@ -181,6 +181,8 @@ class FeatureExtractor:
         buf = ffi.buffer(self._stats)
         self._stats_f64 = np.frombuffer(buf, dtype=np.float64).reshape(2 * MAX_SERVERS, 6)
         self._stats_cnt = np.frombuffer(buf, dtype=np.uint32).reshape(2 * MAX_SERVERS, 12)[:, 10]
+        self._view: Any = None
+        self._view_np: tuple[np.ndarray, np.ndarray, Any] = ()  # type: ignore[assignment]
         self.reset()
 
     def reset(self) -> None:
@@ -192,19 +194,30 @@ class FeatureExtractor:
         self._prev_new: np.ndarray | None = None
         self._prev_rate: np.ndarray | None = None
 
+    def _views(self, view: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+        """numpy views of a view's meta and server table, and its merged
+        reservoirs: made once per view object (the daemon reuses one)."""
+        if view is not self._view:
+            self._view_np = (
+                np.frombuffer(ffi.buffer(ffi.addressof(view, "meta"), META_DTYPE.itemsize),
+                              dtype=META_DTYPE),
+                np.frombuffer(ffi.buffer(view.servers), dtype=SERVER_DTYPE),
+                ffi.cast("mlb_reservoir_t *", view.merged),
+            )
+            self._view = view        # holds it: the views above point into it
+        return self._view_np
+
     def update(self, view: Any) -> Features:
         """Features of one ``mlb_out_view_t *`` (copied out; the view may be reused)."""
-        meta = np.frombuffer(ffi.buffer(ffi.addressof(view, "meta"), META_DTYPE.itemsize),
-                             dtype=META_DTYPE)[0].item()
-        mi = dict(zip(META_DTYPE.names, meta, strict=True))
+        meta_np, srv_np, merged = self._views(view)
+        mi = dict(zip(META_DTYPE.names, meta_np[0].item(), strict=True))
         n_raw = mi["n_servers"]
         n = min(max(n_raw, 0), MAX_SERVERS)
         t_ns = mi["t_ns"]
         frame_no = mi["frame_no"]
         dp_gen = mi["dp_gen"]
 
-        srv = np.frombuffer(ffi.buffer(view.servers), dtype=SERVER_DTYPE, count=n).copy()
-        merged = ffi.cast("mlb_reservoir_t *", view.merged)
+        srv = srv_np[:n].copy()
         lib.mlb_reservoir_stats_many(merged, 2 * n, t_ns, self.decay_per_s, self._stats)
         vals = self._stats_f64[: 2 * n, _STAT_COLS]        # (2n, 5) copy, FCT/AGE interleaved
         counts = self._stats_cnt[: 2 * n].astype(np.int64)
@@ -276,18 +289,23 @@ class FeatureExtractor:
         return _finite(delta / dt, MAX_RATE)
 
 
+def observation_into(features: Features, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (n, len(FEATURE_NAMES)), any float dtype, with the raw
+    observation columns (no allocation; NaN/inf are left to the caller)."""
+    f = features
+    out[:, 0] = f.active
+    out[:, 1] = f.new_flow_rate
+    out[:, 2:7] = f.fct
+    out[:, 7] = f.fct_count
+    out[:, 8:13] = f.age
+    out[:, 13] = f.age_count
+    out[:, 14] = f.static_weight
+    out[:, 15] = f.up
+    return out
+
+
 def observation_matrix(features: Features) -> np.ndarray:
     """The per-server observation of a learned policy: (n, len(FEATURE_NAMES)) float32."""
-    f = features
-    n = f.n
-    obs = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    obs[:, 0] = f.active
-    obs[:, 1] = f.new_flow_rate
-    obs[:, 2:7] = f.fct
-    obs[:, 7] = f.fct_count
-    obs[:, 8:13] = f.age
-    obs[:, 13] = f.age_count
-    obs[:, 14] = f.static_weight
-    obs[:, 15] = f.up
+    obs = observation_into(features, np.empty((features.n, len(FEATURE_NAMES))))
     obs = np.nan_to_num(obs, nan=0.0, posinf=MAX_COUNT, neginf=0.0)
     return obs.astype(np.float32)

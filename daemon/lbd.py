@@ -16,11 +16,25 @@ exit codes:
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-from marllb.daemon.config import CLI_KEYS, EX_CONFIG, Config, ConfigError, load_config
+# One thread for the numeric libraries, set before anything imports numpy:
+# the per-tick matmuls are tiny, and an OpenBLAS/OpenMP pool spin-waits after
+# each one, burning a core that belongs to packet processing (issue 15).
+# threadpool_limits in main() re-applies it should numpy already be loaded.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from marllb.daemon.config import (  # noqa: E402
+    CLI_KEYS,
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    load_config,
+)
 
 
 def _default(key: str) -> str:
@@ -101,6 +115,13 @@ def check_policy(cfg: Config) -> str | None:
     return None
 
 
+def pin_numeric_threads() -> None:
+    """Limit BLAS/OpenMP pools to one thread, even if numpy is already loaded."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_policies:
@@ -130,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from marllb.daemon.logs import setup_logging
     from marllb.daemon.loop import Daemon
 
+    pin_numeric_threads()
     setup_logging(cfg.log_level)
     daemon = Daemon(cfg, config_path=args.config, overrides=overrides)
     log = daemon.log

@@ -122,11 +122,22 @@ class Publisher:
         self.daemon_gen = daemon_gen
         self.msg_seq = 0
         self.publishes = 0
+        self._names: dict[str, tuple[int, bytes]] = {}   # name -> (policy_id, C string)
+
+    def _name(self, policy_name: str) -> tuple[int, bytes]:
+        """policy_id and the truncated C string of a name, made once per name."""
+        got = self._names.get(policy_name)
+        if got is None:
+            got = (policy_id(policy_name),
+                   policy_name.encode()[: lib.MLB_POLICY_NAME_LEN - 1])
+            self._names[policy_name] = got
+        return got
 
     def publish(self, region: Region, f: Features, weights: np.ndarray, mode: int,
                 policy_name: str, ttl_ns: int, flags: int) -> int:
         n = f.n
         w = np.ascontiguousarray(weights, dtype=np.float64)
+        pid, cname = self._name(policy_name)
         self.msg_seq += 1
         with region.write_in() as m:
             m.daemon_gen = self.daemon_gen
@@ -135,11 +146,11 @@ class Publisher:
             m.dp_t_ns = f.t_ns
             m.ttl_ns = ttl_ns
             m.wall_ns = time.time_ns()
-            m.policy_id = policy_id(policy_name)
+            m.policy_id = pid
             m.mode = mode
             m.n_servers = n
             m.flags = flags
-            m.policy_name = policy_name.encode()[: lib.MLB_POLICY_NAME_LEN - 1]
+            m.policy_name = cname
             ffi.memmove(m.weight, w, 8 * n)
             if n < lib.MLB_MAX_SERVERS:
                 ffi.memmove(ffi.addressof(m.weight, n), _ZEROS, 8 * (lib.MLB_MAX_SERVERS - n))

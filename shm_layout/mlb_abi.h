@@ -11,8 +11,9 @@
 /* Natural alignment everywhere: every u64 on an 8-byte boundary, no holes
  * the compilers could disagree on.  cffi re-checks every sizeof/offsetof
  * against this compiler in API mode, and tests/test_layout.py compares. */
-_Static_assert(sizeof(mlb_sample_t) == 16, "sample size");
-_Static_assert(sizeof(mlb_reservoir_t) == 16 + 16 * MLB_RESERVOIR_K, "reservoir size");
+_Static_assert(sizeof(mlb_sample_t) == 8, "sample size");
+_Static_assert(sizeof(float) == 4, "IEEE single float");
+_Static_assert(sizeof(mlb_reservoir_t) == 16 + 8 * MLB_RESERVOIR_K, "reservoir size");
 _Static_assert(sizeof(mlb_server_stats_t) % 8 == 0, "server stats alignment");
 _Static_assert(sizeof(mlb_header_t) % 8 == 0, "header alignment");
 _Static_assert(offsetof(mlb_region_t, out) % 8 == 0, "msg_out alignment");

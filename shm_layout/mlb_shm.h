@@ -28,7 +28,7 @@
  */
 
 #define MLB_MAGIC 0x4D4C4C42    /* "MLLB" */
-#define MLB_ABI_VERSION 1
+#define MLB_ABI_VERSION 2
 
 #define MLB_MAX_SERVERS 256
 #define MLB_MAX_WORKERS 16
@@ -69,11 +69,21 @@
 #define MLB_ERR_LAYOUT -6
 #define MLB_ERR_ARG -7
 
+/* Sample time stamps count units of 2^MLB_SAMPLE_T_SHIFT ns (16.384 us). */
+#define MLB_SAMPLE_T_SHIFT 14
+
 /* One flow sample: a completed flow's duration (FCT) or an in-progress
- * flow's age, in seconds, stamped with the data-plane time it was taken. */
+ * flow's age, in seconds, stamped with the data-plane time it was taken.
+ * 8 bytes (ABI 2; was 16): the daemon's merge reads the frame's samples,
+ * so their size is its memory traffic.  value: float32 seconds (24-bit
+ * mantissa: 6e-8 relative; NaN/inf pass through for the daemon to reject).
+ * t: (t_ns >> MLB_SAMPLE_T_SHIFT) modulo 2^32; a reader takes the age as
+ * the signed 32-bit difference from its own time, exact to one unit for
+ * samples up to 2^31 units (~9.8 hours) old; an older sample aliases (with
+ * the default decay its weight was ~0 hours before that). */
 typedef struct {
-    uint64_t t_ns;
-    double value;
+    float value;
+    uint32_t t;
 } mlb_sample_t;
 
 /* The published image of a reservoir: a uniform sample of n_seen items.

@@ -124,8 +124,9 @@ class FakeDataPlane:
                 for i, values in (samples or {}).items():
                     r = f.res[worker][i][kind]
                     vals = list(values)[: lib.MLB_RESERVOIR_K]
+                    stamp = (t >> lib.MLB_SAMPLE_T_SHIFT) & 0xFFFFFFFF   # mlb_shm.h
                     for j, v in enumerate(vals):
-                        r.s[j].t_ns = t
+                        r.s[j].t = stamp
                         r.s[j].value = float(v)
                     r.count = len(vals)
                     r.n_seen = len(vals)

@@ -241,7 +241,7 @@ def test_msg_out_carries_counters_reservoirs_and_weight_in_force() -> None:
     fcts = [out.res[w][i][lib.MLB_RES_FCT].s[j] for w in range(2) for i in range(N)
             for j in range(out.res[w][i][lib.MLB_RES_FCT].count)]
     assert np.allclose([x.value for x in fcts], 0.3)
-    assert all(x.t_ns == t0 + 300 * MS for x in fcts)
+    assert all(x.t == (t0 + 300 * MS) >> lib.MLB_SAMPLE_T_SHIFT & 0xFFFFFFFF for x in fcts)
     # the merged view the daemon reads
     view = ffi.new("mlb_out_view_t *")
     rng = ffi.new("mlb_rng_t *")

@@ -94,3 +94,25 @@ def test_garbage_server_count(dp):
     dp.publish(n_servers_field=100000)
     f = fx.update(_view(dp))
     assert f.n <= lib.MLB_MAX_SERVERS
+
+
+def test_reused_and_alternating_views_read_their_own_frame(dp):
+    """The extractor keeps numpy views of the last view object: a reused view
+    must show its new contents, another view its own."""
+    fx = FeatureExtractor()
+    a, b = ffi.new("mlb_out_view_t *"), ffi.new("mlb_out_view_t *")
+    rng = ffi.new("mlb_rng_t *")
+    dp.publish(active=[1, 2, 3, 4])
+    dp.region.snapshot_view(a, rng)
+    np.testing.assert_array_equal(fx.update(a).active, [1, 2, 3, 4])
+    dp.publish(active=[9, 9, 9, 9], fct={1: [0.5]})
+    dp.region.snapshot_view(a, rng)                  # same view object, new frame
+    f = fx.update(a)
+    np.testing.assert_array_equal(f.active, [9, 9, 9, 9])
+    assert f.frame_no == 2 and f.fct[1, 0] == pytest.approx(0.5)
+    dp.publish(active=[5, 6, 7, 8])
+    dp.region.snapshot_view(b, rng)
+    assert fx.update(b).active.tolist() == [5, 6, 7, 8]
+    assert fx.update(a).active.tolist() == [9, 9, 9, 9]     # back to the older view
+    a[0].meta.n_servers = 2                           # a shorter server table in place
+    assert fx.update(a).n == 2

@@ -49,7 +49,7 @@ void stress_write_out(mlb_region_t *r, volatile uint64_t *stop, uint64_t *frames
                     mlb_reservoir_t *res = &f->res[w][s][k];
                     res->n_seen = 1000; res->count = MLB_RESERVOIR_K;
                     for (int j = 0; j < MLB_RESERVOIR_K; j++) {
-                        res->s[j].t_ns = p; res->s[j].value = (double)p;
+                        res->s[j].t = (uint32_t)p; res->s[j].value = (float)(p & 0xffffff);
                     }
                 }
         }
@@ -84,7 +84,8 @@ static int out_ok(const mlb_msg_out_t *d)
         for (int w = 0; w < NW; w++)
             for (int k = 0; k < MLB_RES_KINDS; k++)
                 for (int j = 0; j < MLB_RESERVOIR_K; j++)
-                    if (d->res[w][s][k].s[j].t_ns != p || d->res[w][s][k].s[j].value != (double)p)
+                    if (d->res[w][s][k].s[j].t != (uint32_t)p
+                        || d->res[w][s][k].s[j].value != (float)(p & 0xffffff))
                         return 0;
     }
     return 1;
@@ -128,7 +129,7 @@ void stress_read_view(const mlb_region_t *r, uint64_t n, uint64_t *torn, uint64_
                 const mlb_reservoir_t *m = &v->merged[s][k];
                 ok = m->count == MLB_RESERVOIR_K && m->n_seen == 1000 * NW;
                 for (uint32_t j = 0; j < m->count && ok; j++)
-                    ok = m->s[j].t_ns == p;
+                    ok = m->s[j].t == (uint32_t)p;
             }
         }
         if (!ok) (*torn)++;

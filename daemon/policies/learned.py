@@ -19,8 +19,7 @@ import numpy as np
 
 from marllb.daemon import checkpoint as ckpt
 from marllb.daemon._core import lib
-from marllb.daemon.features import observation_matrix
-from marllb.daemon.nets import NOOP_LEVEL, NumpyAgent, agent_inputs
+from marllb.daemon.nets import NOOP_LEVEL, InputBuilder, NumpyAgent
 from marllb.daemon.policies.base import Policy, PolicyError, register_policy
 
 
@@ -54,6 +53,7 @@ class LearnedPolicy(Policy):
         self.mean = np.asarray(feats["mean"], dtype=np.float64)
         self.std = np.asarray(feats["std"], dtype=np.float64)
         self.levels = np.asarray(meta["levels"], dtype=np.float64)
+        self.inputs = InputBuilder(self.mean, self.std, len(self.levels))
         self.noop = int(np.argmin(np.abs(np.log(self.levels)))) if len(self.levels) \
             else NOOP_LEVEL
         self._gen: int | None = None
@@ -74,18 +74,18 @@ class LearnedPolicy(Policy):
         self._ids = None
 
     def scores(self, features: Any) -> np.ndarray:
-        """Advance the hidden state one tick; (n, levels) scores."""
+        """Advance the hidden state one tick; (n, levels) scores (a work
+        buffer of the network, valid until the next call)."""
         n = features.n
         if n != self.n_servers or (self._gen is not None and features.dp_gen != self._gen) \
                 or (self._ids is not None and not np.array_equal(self._ids,
                                                                  features.server_id)):
             self.reset(n)
         self._gen = features.dp_gen
-        self._ids = np.array(features.server_id)
-        x = agent_inputs(observation_matrix(features), features.up, self.prev,
-                         self.mean, self.std, len(self.levels))
-        q, self.h = self.net.step(x, self.h)
-        return q
+        if self._ids is None:
+            self._ids = np.array(features.server_id)
+        x = self.inputs(features, self.prev)
+        return self.net.core(x, self.h)        # all servers in one batched step, h in place
 
     def act(self, features: Any) -> np.ndarray:
         q = self.scores(features)
@@ -94,9 +94,9 @@ class LearnedPolicy(Policy):
         a = np.argmax(q, axis=1)
         self.prev = a
         # non-finite scores propagate (NaN weights) so the daemon falls back loudly
-        bad = ~np.all(np.isfinite(q), axis=1)
         w = level_weights(features.static_weight, self.levels, a)
-        w[bad] = np.nan
+        if not np.isfinite(q).all():
+            w[~np.all(np.isfinite(q), axis=1)] = np.nan
         return w
 
     def describe(self) -> dict[str, Any]:

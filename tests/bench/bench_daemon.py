@@ -15,6 +15,11 @@
 - ``jitter_baseline_p99_us``: for context, the same lateness for a bare loop
   doing nothing but sleep-until-deadline the way lbd does (what this
   machine's scheduler allows at all).
+- ``lbd_cpu_pct_64x4`` / ``lbd_cpu_pct_256x16``: a real ``lbd`` process with
+  ``qmix`` at its default 250 ms tick against a fake data plane publishing
+  full frames (64 servers x 4 workers; 256 x 16): its CPU time (utime +
+  stime of all its threads, from /proc/PID/stat) over CPU_SECONDS of wall
+  time after start-up, in percent of one core.  One run each.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from marllb.daemon._core import ffi, lib  # noqa: E402
-from marllb.daemon.features import SERVER_DTYPE  # noqa: E402
+from tests.bench.frames import publish_full  # noqa: E402
 from tests.fakedp import FakeDataPlane, unique_name  # noqa: E402
 
 GROUP = "daemon"
@@ -43,36 +48,7 @@ TICKS = 2000
 FRAMES = 8
 JITTER_RUNS = 3
 JITTER_TICKS = 48
-
-K = lib.MLB_RESERVOIR_K
-RES_DTYPE = np.dtype([("n_seen", "<u8"), ("count", "<u4"), ("_pad", "<u4"),
-                      ("s", [("t_ns", "<u8"), ("value", "<f8")], (K,))])
-assert RES_DTYPE.itemsize == ffi.sizeof("mlb_reservoir_t")
-
-
-def publish_full(dp: FakeDataPlane, rng: np.random.Generator, t_ns: int, k: int) -> None:
-    """A frame with every reservoir of every active worker full (numpy, fast)."""
-    n, nw = dp.n_servers, dp.n_workers
-    with dp.region.write_out() as f:
-        dp.frame_no += 1
-        m = f.meta
-        m.frame_no, m.t_ns, m.dp_gen = dp.frame_no, t_ns, dp.generation
-        m.n_servers, m.n_workers, m.active_mode = n, nw, lib.MLB_MODE_SED
-        srv = np.frombuffer(ffi.buffer(f.servers), dtype=SERVER_DTYPE)[:n]
-        srv["id"] = np.arange(n)
-        srv["admin_state"] = 0
-        srv["static_weight"] = np.where(np.arange(n) % 2, 2.0, 4.0)
-        srv["weight"] = srv["static_weight"]
-        srv["new_flows"] = (k + 1) * np.arange(1, n + 1) * 10
-        srv["active_flows"] = rng.integers(0, 50, n)
-        res = np.frombuffer(ffi.buffer(f.res), dtype=RES_DTYPE).reshape(
-            lib.MLB_MAX_WORKERS, lib.MLB_MAX_SERVERS, lib.MLB_RES_KINDS)
-        live = res[:nw, :n]
-        live["n_seen"] = 10 * K
-        live["count"] = K
-        live["s"]["t_ns"] = t_ns - rng.integers(0, 5 * 10**9, (nw, n, 2, K), dtype=np.uint64)
-        live["s"]["value"] = rng.exponential(0.3, (nw, n, 2, K))
-
+CPU_SECONDS = 20.0
 
 def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float, dict]:
     """(p50, p99 of the whole tick, {stage: p50}) in us, incl. the C stats call alone."""
@@ -107,6 +83,65 @@ def tick_percentiles(n_servers: int, n_workers: int = 4) -> tuple[float, float, 
         med["c_stats"] = float(np.median(c_stats[w0:]))
         return float(np.percentile(warm, 50)), float(np.percentile(warm, 99)), med
     finally:
+        dp.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (all threads), seconds, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lbd_cpu_pct(n_servers: int, n_workers: int, policy: str = "qmix",
+                seconds: float = CPU_SECONDS) -> float:
+    """lbd's CPU (% of one core) at a 250 ms tick, measured after start-up."""
+    from marllb.daemon.control import request
+
+    dp = FakeDataPlane.create(unique_name("bc"), n_servers=n_servers, n_workers=n_workers)
+    rng = np.random.default_rng(2)
+    stop = threading.Event()
+
+    def publisher() -> None:
+        k = 0
+        while not stop.is_set():
+            publish_full(dp, rng, dp.now_ns(), k)
+            k += 1
+            stop.wait(0.25)
+
+    th = threading.Thread(target=publisher, daemon=True)
+    th.start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lbd-cpu-"))
+    sock = str(tmp / "lbd.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marllb.daemon.lbd", "--region", dp.name, "--socket", sock,
+         "--tick-ms", "250", "--metrics", "", "--log-level", "warning", "--policy", policy],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:      # up, attached and deciding with the policy
+            if os.path.exists(sock):
+                try:
+                    st = request(sock, {"cmd": "status"})["result"]
+                    if st.get("ticks", 0) >= 8:
+                        break
+                except (OSError, KeyError, ValueError):
+                    pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("lbd did not start ticking")
+        c0, t0 = _cpu_s(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = _cpu_s(proc.pid), time.monotonic()
+        st = request(sock, {"cmd": "status"})["result"]
+        if st.get("active_policy") != policy:
+            raise RuntimeError(f"lbd is not running {policy}: {st.get('fallback_reason')}")
+        return 100.0 * (c1 - c0) / (t1 - t0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        stop.set()
+        th.join(5)
         dp.close()
 
 
@@ -172,6 +207,9 @@ def baseline_jitter_p99_us(ticks: int = JITTER_TICKS, interval_ns: int = 250_000
 
 
 def run(progress) -> dict[str, float]:  # noqa: ANN001
+    from marllb.daemon.lbd import pin_numeric_threads
+
+    pin_numeric_threads()        # the in-process ticks run as lbd runs them
     out: dict[str, float] = {}
     for n in (64, 256):
         p50s, p99s, meds = [], [], []
@@ -199,4 +237,8 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
     out["tick_jitter_p99_us"] = statistics.median(js)
     out["jitter_baseline_p99_us"] = baseline_jitter_p99_us()
     progress(f"bare sleep loop at 250 ms: p99 {out['jitter_baseline_p99_us']:.0f} us")
+    for n, nw in ((64, 4), (256, 16)):
+        key = f"lbd_cpu_pct_{n}x{nw}"
+        out[key] = lbd_cpu_pct(n, nw)
+        progress(f"lbd qmix at 250 ms, {n} servers x {nw} workers: {out[key]:.1f}% of a core")
     return out

@@ -5,6 +5,8 @@
 - ``tick_p99_us_64_qmix``: the daemon's whole tick (``TickPipeline.run_once``:
   snapshot with reservoir merge, features, qmix, sanitize, msg_in publish)
   on a 64-server, 4-worker shm region with full reservoirs, p99; median of repeats.
+- ``tick_p99_us_256_qmix`` (and ``tick_p50_us_256_qmix``): the same on 256
+  servers x 16 workers, every reservoir full (TICKS_256 ticks per repeat).
 
 Uses the shipped qmix checkpoint (or a freshly initialised one if none is shipped).
 """
@@ -22,11 +24,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from marllb.daemon import checkpoint as ckpt  # noqa: E402
 from marllb.daemon._core import lib  # noqa: E402
+from tests.bench.frames import publish_full  # noqa: E402
 from tests.fakedp import FakeDataPlane, unique_name  # noqa: E402
 
 GROUP = "policy"
 REPEATS = 5
 TICKS = 2000
+TICKS_256 = 600
 N = 64
 
 
@@ -49,9 +53,51 @@ def _publish(dp: FakeDataPlane, rng: np.random.Generator, i: int) -> None:
                age={j: rng.exponential(0.2, k) for j in range(N)})
 
 
-def run(progress) -> dict[str, float]:  # noqa: ANN001
-    from marllb.daemon.policies import make_policy
+def qmix_ticks_us(dp: FakeDataPlane, path: str, ticks: int, publish) -> np.ndarray:  # noqa: ANN001
+    """Whole-tick durations (us) of a fresh qmix pipeline; ``publish(t)`` every 200 ticks."""
     from marllb.daemon.tick import PolicySlot, TickPipeline
+
+    slot = PolicySlot("qmix", path, "sed")
+    pipe = TickPipeline(slot, daemon_gen=12345, seed=1)
+    pipe.reset()
+    ts = np.empty(ticks)
+    n_ok = 0
+    for t in range(ticks):
+        if t % 200 == 0:
+            publish(t)
+        t0 = time.perf_counter_ns()
+        rec = pipe.run_once(dp.region, w_min=0.01, w_max=1000.0, ttl_ns=10**12)
+        ts[t] = time.perf_counter_ns() - t0
+        if rec is not None and rec.policy_name == "qmix":
+            n_ok += 1
+    if n_ok != ticks:
+        raise RuntimeError(f"only {n_ok}/{ticks} ticks ran qmix")
+    return ts[ticks // 10:] / 1e3
+
+
+def tick_256_qmix(path: str, progress) -> tuple[float, float]:  # noqa: ANN001
+    """(p50, p99) us of the qmix tick at 256 servers x 16 workers, medians of repeats."""
+    rng = np.random.default_rng(5)
+    dp = FakeDataPlane.create(unique_name("bpol256"), n_servers=256, n_workers=16)
+    try:
+        p50, p99 = [], []
+        for r in range(REPEATS):
+            ts = qmix_ticks_us(dp, path, TICKS_256,
+                               lambda t: publish_full(dp, rng, 10**10 + t * 250_000_000, t))
+            p50.append(float(np.percentile(ts, 50)))
+            p99.append(float(np.percentile(ts, 99)))
+            progress(f"qmix tick, 256 servers x 16 workers, run {r + 1}/{REPEATS}: "
+                     f"p50 {p50[-1]:.0f} us, p99 {p99[-1]:.0f} us")
+        return statistics.median(p50), statistics.median(p99)
+    finally:
+        dp.close()
+
+
+def run(progress) -> dict[str, float]:  # noqa: ANN001
+    from marllb.daemon.lbd import pin_numeric_threads
+    from marllb.daemon.policies import make_policy
+
+    pin_numeric_threads()        # the in-process ticks run as lbd runs them
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-policy-"))
     path = _checkpoint(tmp)
@@ -89,26 +135,15 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
         progress("full daemon tick with qmix, 64 servers x 4 workers")
         tick = []
         for _ in range(REPEATS):
-            slot = PolicySlot("qmix", path, "sed")
-            pipe = TickPipeline(slot, daemon_gen=12345, seed=1)
-            pipe.reset()
-            ts = np.empty(TICKS)
-            n_ok = 0
-            for t in range(TICKS):
-                if t % 200 == 0:
-                    _publish(dp, rng, 100 + t)
-                t0 = time.perf_counter_ns()
-                rec = pipe.run_once(dp.region, w_min=0.01, w_max=1000.0, ttl_ns=10**12)
-                ts[t] = time.perf_counter_ns() - t0
-                if rec is not None and rec.policy_name == "qmix":
-                    n_ok += 1
-            if n_ok != TICKS:
-                raise RuntimeError(f"only {n_ok}/{TICKS} ticks ran qmix")
-            tick.append(float(np.percentile(ts, 99)) / 1e3)
+            ts = qmix_ticks_us(dp, path, TICKS, lambda t: _publish(dp, rng, 100 + t))
+            tick.append(float(np.percentile(ts, 99)))
     finally:
         dp.close()
+    p50_256, p99_256 = tick_256_qmix(path, progress)
     return {
         "infer_p99_us_qmix_64": statistics.median(infer),
         "infer_p50_us_qmix_64": statistics.median(infer50),
         "tick_p99_us_64_qmix": statistics.median(tick),
+        "tick_p50_us_256_qmix": p50_256,
+        "tick_p99_us_256_qmix": p99_256,
     }
