@@ -174,12 +174,12 @@ def test_daemon_falls_back_on_non_finite_output(trained: Path, tmp_path: Path) -
     # loaded network in memory to get a policy whose output is non-finite
     feats = _features_sequence(3.0)
     pol = make_policy("qmix", checkpoint=str(trained))
-    pol.net.bh[:] = np.nan
+    pol.net.core.bh[:] = np.nan
     pol.reset(feats[0].n)
     assert np.all(np.isnan(pol.act(feats[-1])))
     slot = PolicySlot("qmix", str(trained), "sed")
     assert slot.policy is not None and slot.load_error is None
-    slot.policy.net.bh = np.full_like(slot.policy.net.bh, np.nan)
+    slot.policy.net.core.bh = np.full_like(slot.policy.net.core.bh, np.nan)
     w, used, reason = slot.act(feats[-1])
     assert used.name == "sed"
     assert reason is not None and "non-finite" in reason
