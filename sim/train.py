@@ -246,6 +246,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         print(f"lbsim: error: --minutes must be > 0, got {args.minutes}", file=sys.stderr)
         return 2
+    if args.algo == "matd3" or args.net == "setnet":
+        from marllb.sim.residual_train import cmd_train_setnet
+
+        return cmd_train_setnet(args)
     try:
         s = train(args.algo, args.scenario, minutes=args.minutes, seed=args.seed,
                   out=Path(args.out), eval_every_s=args.eval_every, eval_seeds=args.eval_seeds,
@@ -265,7 +269,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0] + " Writes DIR/best.safetensors "
                        "+ best.json (the best held-back checkpoint), log.csv, eval.json, "
                        "curve.png.")
-    p.add_argument("--algo", required=True, choices=["qmix", "sac_gru"])
+    p.add_argument("--algo", required=True, choices=["qmix", "sac_gru", "matd3"])
+    p.add_argument("--net", choices=["gru", "setnet"], default="gru",
+                   help="gru: the v1 GRU agent on static weights; setnet: the residual set "
+                   "network on --base (matd3 always uses setnet; default gru)")
+    p.add_argument("--base", default="wrr_latency",
+                   help="setnet: the baseline the residual corrects (default wrr_latency)")
     p.add_argument("--scenario", required=True,
                    help="shipped name or TOML path; a comma-separated list trains on a mix")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget (default 10)")
