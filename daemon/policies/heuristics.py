@@ -54,3 +54,11 @@ class LsqPolicy(_EqualWeights):
     """Least active flows (local view), equal weights."""
 
     mode = lib.MLB_MODE_LEAST_ACTIVE
+
+
+@register_policy("p2c")
+class P2cPolicy(_StaticWeights):
+    """Power of two choices (the data plane's MLB_MODE_P2C): two servers drawn
+    by static weight, the one with the smaller (active + 1) / w wins."""
+
+    mode = lib.MLB_MODE_P2C
