@@ -29,11 +29,12 @@ import numpy as np
 
 from marllb.daemon import fsutil, setnet
 from marllb.sim.residual_env import Episode, Replay, meta_for, rollout
-from marllb.sim.scenario import Scenario, load_scenario
+from marllb.sim.scenario import Scenario, ScenarioError, load_scenario
 
 TRAIN_SEED0 = 100_000
 EVAL_SEED0 = 50_000
 BASE = "wrr_latency"
+HELD_BACK_FIRST = 100    # generator eval seeds past the first 100 (reports use 0..)
 
 
 def make_learner(algo: str, seed: int) -> Any:
@@ -55,8 +56,13 @@ def make_learner(algo: str, seed: int) -> Any:
     raise ValueError(f"unknown algorithm {algo!r} (matd3, qmix, sac_gru)")
 
 
-def scenario_source(spec: str, duration: float | None) -> Callable[[int], Scenario]:
-    """seed -> Scenario: ``gen:train`` / ``gen:heldout`` (the generator) or names."""
+def scenario_source(spec: str, duration: float | None
+                    ) -> tuple[Callable[[int], Scenario], Callable[[int], list[Scenario]]]:
+    """(seed -> training Scenario, k -> k held-back Scenarios) for ``gen:train``
+    (the generator's training distribution; held back: per training family,
+    seeds from the top of its training range, past the ones reports use) or a
+    comma-separated list of shipped names / TOML files (held back: the same
+    scenarios, other trace seeds)."""
     def shorten(sc: Scenario) -> Scenario:
         if duration is None:
             return sc
@@ -66,10 +72,20 @@ def scenario_source(spec: str, duration: float | None) -> Callable[[int], Scenar
     if spec.startswith("gen:"):
         from marllb.sim import scengen
 
-        family = spec.split(":", 1)[1]
-        return lambda s: shorten(scengen.draw(family, s))
+        if spec != "gen:train":
+            raise ScenarioError(f"--scenario {spec!r}: the generator source is gen:train")
+        fams = scengen.TRAINING_FAMILIES
+
+        def held(k: int) -> list[Scenario]:
+            return [shorten(scengen.eval_scenarios(fams[i % len(fams)], 1,
+                                                   first=HELD_BACK_FIRST + i)[0])
+                    for i in range(k)]
+
+        return (lambda s: shorten(scengen.training_scenario(s))), held
     scs = [shorten(load_scenario(n)) for n in spec.split(",") if n]
-    return lambda s: scs[s % len(scs)]
+    if not scs:
+        raise ScenarioError(f"--scenario {spec!r}: no scenario named")
+    return (lambda s: scs[s % len(scs)]), (lambda k: [scs[i % len(scs)] for i in range(k)])
 
 
 def save_checkpoint(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -115,14 +131,15 @@ def score(res: list[tuple[float, float]], base: list[tuple[float, float]]) -> fl
 def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
           eval_every_s: float = 120.0, eval_runs: int = 6, duration: float | None = None,
           episodes: int | None = None, updates_per_tick: float = 0.25,
-          sigma: tuple[float, float] = (0.4, 0.1), base: str = BASE,
+          sigma: tuple[float, float] = (0.3, 0.05), base: str = BASE,
           quiet: bool = False) -> dict[str, Any]:
     """Train for ``minutes`` of wall clock (or exactly ``episodes``); returns the
     summary also written to ``DIR/eval.json``."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t0 = time.monotonic()
-    draw = scenario_source(scenario, duration)
+    c0 = time.process_time()
+    draw, held_back = scenario_source(scenario, duration)
     learner = make_learner(algo, seed)
     cmd = (f"lbsim train --net setnet --algo {algo} --scenario {scenario} --seed {seed} "
            + (f"--episodes {episodes}" if episodes else f"--minutes {minutes:g}")
@@ -130,7 +147,7 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
     meta = meta_for(learner.kind, algo, base, learner.cfg.hidden, scenario=scenario,
                     seed=seed, command=cmd)
     zero = learner.policy_params()
-    ev_runs = [(draw(EVAL_SEED0 + i), EVAL_SEED0 + i) for i in range(eval_runs)]
+    ev_runs = [(sc, EVAL_SEED0 + i) for i, sc in enumerate(held_back(eval_runs))]
     base_res = evaluate(None, ev_runs, meta, zero)
     best = 1.0
     evals = [{"episode": 0, "wall_s": round(time.monotonic() - t0, 1), "score": 1.0,
@@ -166,6 +183,7 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
             res = evaluate(learner, ev_runs, meta, zero)
             sc_ = score(res, base_res)
             evals.append({"episode": ep_i, "wall_s": round(time.monotonic() - t0, 1),
+                          "cpu_s": round(time.process_time() - c0, 1),
                           "score": sc_, "policy": res})
             if sc_ < best:
                 best = sc_
@@ -182,7 +200,8 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
     save_checkpoint(out / "last", learner.policy_params(), {**meta, "trained": {
         "episodes": ep_i}})
     summary = {"algorithm": algo, "scenario": scenario, "base": base, "episodes": ep_i,
-               "seconds": round(time.monotonic() - t0, 1), "best_score": best,
+               "seconds": round(time.monotonic() - t0, 1),
+               "cpu_seconds": round(time.process_time() - c0, 1), "best_score": best,
                "command": cmd, "evals": evals}
     fsutil.atomic_write_json(out / "eval.json", summary)
     _plot(out, rows, evals, algo)
