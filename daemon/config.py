@@ -38,8 +38,10 @@ class Config(BaseModel):
     policy: str = Field("sed", description="policy name (see lbd --list-policies)")
     checkpoint: str | None = Field(None, description="learned policy checkpoint path")
     fallback_policy: str = Field("sed", description="heuristic used when the policy fails")
-    w_min: float = Field(0.1, gt=0, description="smallest weight of an up server")
-    w_max: float = Field(10.0, gt=0, description="largest weight")
+    w_min: float = Field(0.1, gt=0, description="smallest weight of an up server, relative "
+                         "to its static weight after normalisation (see sanitize.py)")
+    w_max: float = Field(10.0, gt=0, description="largest weight relative to static; "
+                         "w_max / w_min bounds the ratio between two servers")
     ttl_ms: float = Field(0.0, ge=0, description="weights' TTL on the data-plane clock; 0: 4 ticks")
     decay_per_s: float = Field(0.9, gt=0, le=1, description="sample-age decay per second")
     stale_after_ms: float = Field(

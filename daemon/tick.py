@@ -17,7 +17,7 @@ import numpy as np
 from marllb.daemon._core import ffi, lib
 from marllb.daemon.features import FeatureExtractor, Features
 from marllb.daemon.policies import Policy, PolicyError, make_policy
-from marllb.daemon.sanitize import is_finite_output, sanitize
+from marllb.daemon.sanitize import is_finite_output, sanitize_weights
 from marllb.daemon.shm import Region, RegionBusy
 
 FLAG_HOLD = 1
@@ -111,6 +111,7 @@ class TickRecord:
     held: bool
     published: bool
     msg_seq: int
+    clipped: int = 0          # up servers whose ratio the w_min/w_max bound changed
 
 
 class Publisher:
@@ -157,6 +158,7 @@ class TickPipeline:
         self.rng = ffi.new("mlb_rng_t *")
         lib.mlb_rng_seed(self.rng, daemon_gen if seed is None else seed)
         self.snapshot_busy = 0
+        self.clipped_ticks = 0    # ticks where the ratio bound changed a weight
         self.last_durations = [0] * 6
 
     def reset(self) -> None:
@@ -192,7 +194,9 @@ class TickPipeline:
             raw, pol, reason = self.slot.act(f)
             name, mode = pol.name, pol.mode
         t3 = pc()
-        w = sanitize(raw, f, w_min, w_max)
+        san = sanitize_weights(raw, f, w_min, w_max)
+        w = san.weights
+        self.clipped_ticks += san.clipped > 0
         t4 = pc()
         do_publish = publish and f.n > 0 and not (stale_check is not None and stale_check(f))
         seq = 0
@@ -204,4 +208,5 @@ class TickPipeline:
         return TickRecord(
             mono_ns=time.monotonic_ns(), features=f, weights=w, policy_name=name, mode=mode,
             fallback_reason=reason, held=held, published=do_publish, msg_seq=seq,
+            clipped=san.clipped,
         )

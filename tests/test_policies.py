@@ -55,12 +55,13 @@ def test_registry_errors_and_registration():
 
 
 def test_sanitize_rules():
+    # weights are relative (tests/test_sanitize.py): bounds are w_min/w_max x static
     f = feats(static=(1.0, 2.0, 4.0, 1.0), admin=[0, 0, 1, 2])
     w = sanitize([math.nan, -1.0, 5.0, 1e9], f, 0.1, 10.0)
     assert np.all(np.isfinite(w))
     assert w[0] == 1.0        # non-finite, up -> its static weight
-    assert w[1] == 0.1        # up never below w_min
-    assert w[2] == 5.0        # drained: kept within [0, w_max]
+    assert w[1] == pytest.approx(0.2)   # up never below w_min x static
+    assert w[2] == 5.0        # drained: kept within [0, w_max x static]
     assert w[3] == 10.0
     # all zero never leaves
     f2 = feats(static=(1.0, 1.0), admin=[2, 2])
@@ -68,8 +69,9 @@ def test_sanitize_rules():
     # wrong shape / garbage type -> static weights for up servers
     np.testing.assert_array_equal(sanitize([1.0], feats(), 0.1, 10), [1, 2, 4])
     np.testing.assert_array_equal(sanitize("x", feats(), 0.1, 10), [1, 2, 4])
-    # inf is non-finite -> static; clipping to [w_min, w_max]
-    np.testing.assert_array_equal(sanitize([math.inf, 0, 3], feats(), 0.1, 3), [1, 0.1, 3])
+    # inf is non-finite -> its static weight times the others' multiplier (3/4);
+    # 0 asks the lower bound (w_min x static); in-bound values published as asked
+    np.testing.assert_allclose(sanitize([math.inf, 0, 3], feats(), 0.1, 3), [0.75, 0.2, 3])
     with pytest.raises(ValueError):
         sanitize([1.0], feats((1.0,)), 0.0, 1.0)
 

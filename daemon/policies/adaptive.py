@@ -54,16 +54,9 @@ import numpy as np
 
 from marllb.daemon._core import lib
 from marllb.daemon.policies.base import Policy, register_policy
+from marllb.daemon.sanitize import static_base as _static
 
 _FCT_DMEAN = 3          # column of Features.fct: decayed mean
-
-
-def _static(features: Any) -> np.ndarray:
-    """Static weights with a usable value for servers configured at 0."""
-    s = np.asarray(features.static_weight, dtype=np.float64)
-    pos = s > 0
-    fill = float(np.exp(np.mean(np.log(s[pos])))) if pos.any() else 1.0
-    return np.where(pos, s, fill)
 
 
 class _Stateful(Policy):

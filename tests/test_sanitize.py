@@ -1,0 +1,103 @@
+"""Relative weights: normalisation, the ratio bound and its report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from marllb.daemon._core import lib
+from marllb.daemon.features import Features
+from marllb.daemon.sanitize import sanitize, sanitize_weights
+
+
+def feats(static, admin=None) -> Features:
+    f = Features.empty(len(static))
+    f.static_weight = np.array(static, dtype=float)
+    if admin is not None:
+        f.admin_state = np.array(admin, dtype=np.uint32)
+    return f
+
+
+def ratios(w, static):
+    m = np.asarray(w) / np.asarray(static, dtype=float)
+    return m / m[0]
+
+
+def test_16x_is_honoured_not_clipped():
+    static = [16, 16, 1, 1]
+    f = feats(static)
+    # a 16-core server asking "16 x 2" next to 1-core servers at 1: ratio 32
+    r = sanitize_weights([32, 32, 1, 1], f, 0.1, 10.0)
+    assert r.clipped == 0
+    np.testing.assert_allclose(r.weights / r.weights[2], [32, 32, 1, 1])
+    # a policy asking 16x on one server of equal static weights gets 16x
+    r = sanitize_weights([16, 1, 1, 1], feats([1, 1, 1, 1]), 0.1, 10.0)
+    assert r.clipped == 0 and r.asked_ratio == pytest.approx(16)
+    np.testing.assert_allclose(r.weights / r.weights[1], [16, 1, 1, 1])
+
+
+def test_doubling_everything_changes_nothing():
+    f = feats([1, 2, 4])
+    a = sanitize([1, 2, 4], f, 0.1, 10)
+    b = sanitize([2, 4, 8], f, 0.1, 10)
+    np.testing.assert_allclose(a / a[0], b / b[0])
+    np.testing.assert_allclose(a, [1, 2, 4])     # in bounds: published as asked
+    # 100x everything is scaled back into the bounds, ratios kept
+    c = sanitize_weights([100, 200, 400], f, 0.1, 10)
+    assert c.clipped == 0
+    np.testing.assert_allclose(c.weights, [10, 20, 40])
+
+
+def test_ratio_bound_clips_and_reports():
+    f = feats([1, 1, 1])
+    r = sanitize_weights([1000, 1, 1], f, 0.1, 10.0)   # asks 1000x, bound is 100x
+    assert r.clipped >= 1 and r.asked_ratio == pytest.approx(1000)
+    m = r.weights / 1.0
+    assert m.max() / m.min() == pytest.approx(100.0)
+    assert np.all(m >= 0.1 - 1e-12) and np.all(m <= 10.0 + 1e-12)
+    # equal weights on unequal static weights: multipliers 1, 1/2, 1/4, in bounds
+    r = sanitize_weights([1, 1, 1], feats([1, 2, 4]), 0.1, 10.0)
+    assert r.clipped == 0
+    np.testing.assert_allclose(r.weights / r.weights[0], [1, 1, 1])
+
+
+def test_never_all_zero_and_zero_means_lower_bound():
+    f = feats([1, 1, 1])
+    r = sanitize_weights([0, 0, 0], f, 0.1, 10.0)
+    assert np.all(r.weights > 0) and r.clipped == 3
+    r = sanitize_weights([0, 1, 1], f, 0.1, 10.0)
+    assert r.weights[0] == pytest.approx(0.1 * r.weights[1] / 1.0, rel=1e-9) or \
+        r.weights[0] / r.weights[1] == pytest.approx(0.1)
+    f2 = feats([1.0, 1.0], admin=[lib.MLB_ADMIN_DRAIN] * 2)
+    np.testing.assert_array_equal(sanitize([0.0, 0.0], f2, 0.5, 2.0), [0.5, 0.5])
+
+
+def test_drained_and_down_servers():
+    f = feats([1, 2, 4, 1], admin=[0, 0, lib.MLB_ADMIN_DRAIN, lib.MLB_ADMIN_DOWN])
+    w = sanitize([math.nan, 2.0, 5.0, 1e9], f, 0.1, 10.0)
+    assert np.all(np.isfinite(w))
+    assert w[0] == pytest.approx(1.0) and w[1] == pytest.approx(2.0)
+    assert w[2] == pytest.approx(5.0)             # drained: kept, same scale
+    assert w[3] == pytest.approx(10.0)            # bounded by w_max x static
+    # drained servers do not count in the normalisation of the up ones
+    w = sanitize([1.0, 1.0, 1e6, 0.0], f, 0.1, 10.0)
+    assert w[0] / 1 == pytest.approx(w[1] / 1)
+
+
+def test_garbage_and_bad_bounds():
+    f = feats([1, 2, 4])
+    np.testing.assert_allclose(sanitize([1.0], f, 0.1, 10), [1, 2, 4])
+    np.testing.assert_allclose(sanitize("x", f, 0.1, 10), [1, 2, 4])
+    r = sanitize_weights([math.inf, 1.0, 4.0], f, 0.1, 10)
+    assert r.replaced == 1 and np.all(np.isfinite(r.weights))
+    with pytest.raises(ValueError):
+        sanitize([1.0], feats([1.0]), 0.0, 1.0)
+
+
+def test_static_zero_server_gets_a_ratio():
+    f = feats([0.0, 2.0, 2.0])
+    w = sanitize([1.0, 1.0, 1.0], f, 0.1, 10)
+    assert np.all(w > 0)
+    np.testing.assert_allclose(w, w[0])
