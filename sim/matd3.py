@@ -37,7 +37,7 @@ KIND = "continuous"
 class Matd3Config:
     hidden: int = 64
     critic_hidden: int = 128
-    lr_actor: float = 3e-4
+    lr_actor: float = 1e-4
     lr_critic: float = 1e-3
     gamma: float = 0.9
     tau: float = 0.01

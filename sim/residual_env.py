@@ -16,6 +16,10 @@ Reward (shared): minus the jobs in the system per unit of nominal capacity at
 the next tick (Little: its time-average is arrival rate x mean JCT), minus a
 penalty for each server that is full (worker cap and backlog: it refuses new
 flows, and a rejected flow must not look cheap) as a fraction of the servers.
+``shaped(ep, gamma)`` adds the potential-based shaping term
+``gamma Phi(s') - Phi(s)`` with ``Phi = -load / (1 - gamma)`` (Ng et al. 1999:
+the optimal policy is unchanged): the critic then learns what an action
+changes, not the level of load the cluster happens to be at.
 """
 
 from __future__ import annotations
@@ -56,6 +60,17 @@ class Episode:
     ret: float
     summary: dict[str, float]
     scenario: str
+    load: np.ndarray | None = None   # (T,) jobs in system / nominal capacity at each tick
+
+
+def shaped(ep: Episode, gamma: float) -> np.ndarray:
+    """Rewards plus gamma Phi(s_{t+1}) - Phi(s_t), Phi = -load / (1 - gamma);
+    the episode's end is terminal (Phi = 0 past it)."""
+    if ep.load is None or len(ep.load) != len(ep.reward):
+        return ep.reward
+    phi = -ep.load.astype(np.float64) / (1.0 - gamma)
+    nxt = np.append(phi[1:], 0.0)
+    return (ep.reward + gamma * nxt - phi).astype(np.float32)
 
 
 def meta_for(kind: str, algorithm: str, base: str, hidden: int, **extra: Any) -> dict[str, Any]:
@@ -126,9 +141,11 @@ def rollout(sc: Scenario, seed: int, actor: Actor, tensors: dict[str, np.ndarray
     T = len(loads)
     r = -(np.asarray(loads[1:] + [0.0]) + FULL_PENALTY * np.asarray(fulls[1:] + [0.0]))
     r = r.astype(np.float32)
+    load = np.asarray(loads, dtype=np.float32)
     lbs = [_trace(p, gs, k) for k, p in enumerate(pols)] if record else []
     summ = res.summary()
-    return Episode(lbs=lbs, reward=r[:T], ret=float(r.sum()), summary=summ, scenario=sc.name)
+    return Episode(lbs=lbs, reward=r[:T], ret=float(r.sum()), summary=summ, scenario=sc.name,
+                   load=load)
 
 
 def _globals(insys: np.ndarray, cap: np.ndarray, pols: list[_Recording]) -> list[np.ndarray]:
@@ -173,12 +190,14 @@ class Replay:
         self.capacity = capacity_ticks
         self.ticks = 0
 
-    def add(self, ep: Episode) -> None:
+    def add(self, ep: Episode, gamma: float | None = None) -> None:
+        """Keep ``ep``'s LB traces; with ``gamma``, its shaped rewards (``shaped``)."""
+        rew = ep.reward if gamma is None else shaped(ep, gamma)
         for tr in ep.lbs:
             T = tr.x.shape[0]
             if T < 2:
                 continue
-            self.items.append((tr, ep.reward[-T:]))
+            self.items.append((tr, rew[-T:]))
             self.ticks += T
         while self.ticks > self.capacity and len(self.items) > 1:
             self.ticks -= self.items.pop(0)[0].x.shape[0]

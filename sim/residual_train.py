@@ -169,7 +169,7 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
         s = TRAIN_SEED0 + seed * 10_000 + ep_i
         sc = draw(s)
         ep: Episode = rollout(sc, s, learner.actor(sig, rng), learner.policy_params(), meta)
-        buf.add(ep)
+        buf.add(ep, learner.cfg.gamma)
         ep_i += 1
         n_up = int(updates_per_tick * sum(tr.x.shape[0] for tr in ep.lbs))
         if len(buf) >= 2 * learner.cfg.batch:
