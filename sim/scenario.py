@@ -143,6 +143,10 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A shipped name, a TOML path, or ``gen:FAMILY[:SEED]`` (sim/scengen.py;
+    without a seed: the family's first evaluation scenario)."""
+    if str(name_or_path).startswith("gen:"):
+        return _generated(str(name_or_path))
     p = resolve(name_or_path)
     try:
         data = tomllib.loads(p.read_text())
@@ -159,3 +163,16 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         val = err.get("input")
         more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ScenarioError(f"{p}: {loc}: {err['msg']} (got {val!r}){more}") from None
+
+
+def _generated(spec: str) -> Scenario:
+    from marllb.sim import scengen
+
+    _, _, rest = spec.partition(":")
+    fam, _, seed = rest.partition(":")
+    try:
+        if not seed:
+            return scengen.eval_scenarios(fam, 1)[0]
+        return scengen.draw(fam, int(seed))
+    except ValueError as e:   # ScenGenError, or a seed that is not an integer
+        raise ScenarioError(f"scenario {spec!r}: {e}") from None
