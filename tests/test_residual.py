@@ -185,9 +185,17 @@ def test_checkpoint_round_trip_matd3(tmp_path) -> None:
     other.load_policy_params(learner.policy_params())
     for k, v in learner.policy_params().items():
         np.testing.assert_array_equal(other.policy_params()[k], v)
-    # the same checkpoint under the other learned names is refused by algorithm
+    # the same checkpoint under another learned name is refused by algorithm ...
     with pytest.raises(PolicyError, match="algorithm"):
         make_policy("qmix", checkpoint=str(path))
+    # ... unless it says it may be served under it (how the winner ships as qmix)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    meta["served_as"] = ["qmix"]
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    pol = make_policy("qmix", checkpoint=str(path))
+    assert pol.name == "qmix" and pol.describe()["algorithm"] == "matd3"
+    with pytest.raises(PolicyError, match="algorithm"):
+        make_policy("sac_gru", checkpoint=str(path))
 
 
 def test_bad_setnet_checkpoint_is_one_line(tmp_path) -> None:
@@ -215,24 +223,25 @@ def test_shipped_learned_policies_load(algo: str) -> None:
 
 
 def test_short_training_improves_on_its_start_on_small(tmp_path) -> None:
-    """Seeded MATD3 on ``small`` over a deliberately poor baseline (SED with
-    equal weights on 2:1:1 servers): the greedy residual beats its start on
-    held-back traces.  (Over wrr_latency there is little to gain on small; the
-    point here is that the learner learns.)"""
+    """Seeded MATD3 on ``small`` over a deliberately poor baseline (weighted
+    random with equal weights on 2:1:1-core servers: the 1-core servers are
+    overloaded): the greedy residual beats its start on held-back traces.
+    (Over wrr_latency there is little to gain on small; the point here is
+    that the learner learns.)"""
     pytest.importorskip("torch")
     from marllb.daemon.policies.base import POLICIES, register_policy
-    from marllb.daemon.policies.heuristics import SedPolicy
+    from marllb.daemon.policies.heuristics import WcmpPolicy
     from marllb.sim.residual_train import train
 
-    @register_policy("_test_equal_sed")
-    class _EqualSed(SedPolicy):
+    @register_policy("_test_equal_random")
+    class _EqualRandom(WcmpPolicy):
         def act(self, features):  # noqa: ANN001, ANN202
             return np.ones(features.n)
 
     try:
         s = train("matd3", "small", minutes=5, seed=0, out=tmp_path, eval_every_s=1e9,
-                  eval_runs=2, duration=None, episodes=EPISODES, base="_test_equal_sed",
+                  eval_runs=2, duration=None, episodes=EPISODES, base="_test_equal_random",
                   quiet=True)
     finally:
-        POLICIES.pop("_test_equal_sed", None)
+        POLICIES.pop("_test_equal_random", None)
     assert s["evals"][-1]["score"] < 0.97, s["evals"]

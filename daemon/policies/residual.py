@@ -10,7 +10,11 @@ The learned names ``qmix``, ``sac_gru`` and ``matd3`` are served here: each
 loads its checkpoint (default: the one shipped in ``daemon/checkpoints/``) and
 builds a ``ResidualPolicy`` when it is a set-network checkpoint
 (``meta.arch == setnet.ARCH``), or the v1 GRU agent (``learned.py``) for an
-older checkpoint, so old checkpoints keep working under their names.
+older checkpoint, so old checkpoints keep working under their names.  A
+checkpoint is served under its ``algorithm``'s name, or under any name its
+``served_as`` list adds: ``qmix`` is the default learned policy operators
+configure, and the shipped ``qmix`` checkpoint is whichever learner won
+(``describe()["algorithm"]`` says which).
 
 Ratio bound: sanitize reads weights as multipliers of the static weights and
 bounds the ratio between two up servers' multipliers by ``w_max / w_min``
@@ -61,7 +65,9 @@ def validate(tensors: dict[str, np.ndarray], meta: dict[str, Any], where: str,
     if meta.get("arch") != setnet.ARCH:
         raise bad("arch", meta.get("arch"), setnet.ARCH)
     algo = meta.get("algorithm")
-    if algo not in ALGORITHMS or (algorithm is not None and algo != algorithm):
+    served = meta.get("served_as") or []
+    if algo not in ALGORITHMS or (algorithm is not None and algo != algorithm
+                                  and algorithm not in served):
         raise bad("algorithm", algo, algorithm or " or ".join(ALGORITHMS))
     if meta.get("kind") not in KINDS:
         raise bad("kind", meta.get("kind"), " or ".join(KINDS))
@@ -106,7 +112,7 @@ class ResidualPolicy(Policy):
             validate(tensors, meta, path if self.checkpoint else "<in memory>", algorithm)
         except ckpt.CheckpointError as e:
             raise PolicyError(str(e)) from None
-        self.algorithm = algorithm
+        self.algorithm = meta["algorithm"]
         self.meta = meta
         self.kind = meta["kind"]
         self.ratio_max = float(meta.get("ratio_max", DEFAULT_RATIO_MAX))
