@@ -12,10 +12,13 @@ import numpy as np
 
 from marllb.sim.cluster import ORACLE, Cluster, SimResult, scenario_trace
 from marllb.sim.scenario import Scenario
+from marllb.sim.scoring import REJECT_PENALTY_S, ci95, score_run
 from marllb.sim.traces import Trace
 
 METRICS = ("jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
-           "jain_load_over_capacity", "flows")
+           "jain_load_over_capacity", "flows", "ujct_mean_ms", "ujct_p99_ms")
+# user JCT (sim/scoring.py: a rejected flow counts REJECT_PENALTY_S): also its 95% CI
+CI_METRICS = ("ujct_mean_ms", "ujct_p99_ms")
 
 
 def known_policies() -> list[str]:
@@ -60,25 +63,37 @@ def evaluate(sc: Scenario, policies: list[str], *, seeds: int = 1, trace: Trace 
                     done[0] = n
 
             res = Cluster(sc, tr, pol, seed=s, checkpoint=ckpt).run(progress=cb)
-            for k, v in res.summary().items():
-                acc[k].append(v)
+            for k, v in {**score_run(res), **res.summary()}.items():
+                if k in acc:
+                    acc[k].append(v)
             if s == 0:
                 first[label] = res
         out[label] = {k: float(np.mean(v)) if v else math.nan for k, v in acc.items()}
+        out[label].update({f"{k}_ci95": ci95(acc[k])[1] for k in CI_METRICS})
     return out, first
 
 
 def markdown_table(scenario: str, trace: str | None, results: dict[str, dict[str, float]],
                    seeds: int) -> str:
     src = f"trace `{trace}`" if trace else "generated trace"
+
+    def ci(m: dict[str, float], k: str) -> str:
+        h = m.get(f"{k}_ci95", math.nan)
+        return f"{m[k]:.1f} ± {h:.1f}" if np.isfinite(h) else f"{m[k]:.1f}"
+
     lines = [f"# {scenario}: {src}, mean over {seeds} seed(s)", "",
-             "| policy | JCT mean (ms) | p50 | p90 | p99 | rejected | Jain load/cap | flows |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"User JCT counts a rejected flow as {REJECT_PENALTY_S:g} s (sim/scoring.py); "
+             "± is the 95% CI half-width over seeds; JCT columns are completed flows only.",
+             "",
+             "| policy | user JCT mean (ms) | user JCT p99 (ms) | rejected | JCT mean | p50 | "
+             "p90 | p99 | Jain load/cap | flows |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pol, m in results.items():
-        lines.append(f"| {pol} | {m['jct_mean_ms']:.1f} | {m['jct_p50_ms']:.1f} | "
+        lines.append(f"| {pol} | {ci(m, 'ujct_mean_ms')} | {ci(m, 'ujct_p99_ms')} | "
+                     f"{100 * m['rejected_frac']:.2f}% | {m['jct_mean_ms']:.1f} | "
+                     f"{m['jct_p50_ms']:.1f} | "
                      f"{m['jct_p90_ms']:.1f} | {m['jct_p99_ms']:.1f} | "
-                     f"{100 * m['rejected_frac']:.2f}% | {m['jain_load_over_capacity']:.3f} | "
-                     f"{m['flows']:.0f} |")
+                     f"{m['jain_load_over_capacity']:.3f} | {m['flows']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,10 +42,12 @@ def test_wrr_latency_raises_fast_lowers_slow_within_n_ticks():
     np.testing.assert_allclose(w, 1.0)           # blackout: nothing trusted yet
     for k in range(1, 161):                      # 40 s of 250 ms ticks
         w = p.act(frame(k, closed_loop_fct(w, cap)))
-    assert w[0] > 2.0 * w[1] and w[3] < 0.75 * w[1], w
+    assert w[0] > 1.5 * w[1] and w[3] < 0.75 * w[1], w
     assert w[1] == pytest.approx(w[2])
+    start = closed_loop_fct(np.ones(4), cap)
     fct = closed_loop_fct(w, cap)
-    assert fct.max() / fct.min() < 1.6          # recent FCTs driven towards equal
+    # recent FCTs driven towards equal (the anti-windup leak leaves some gap)
+    assert fct.max() / fct.min() < 0.6 * start.max() / start.min()
 
 
 def test_wrr_latency_blackout_and_expiry():

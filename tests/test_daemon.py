@@ -199,6 +199,9 @@ def test_ready_weights_and_status(running):
     assert st["servers"][3]["fct_count"] == 10
     assert st["servers"][1]["new_flows_per_s"] > 0
     assert st["dp_gen"] == f"{dp.generation:#018x}"
+    # relative weights: the ratio bound and whether it bit (daemon/sanitize.py)
+    assert st["ratio_bound"] == 100.0
+    assert st["bound_clipped"] == 0 and st["bound_clipped_ticks"] == 0
 
 
 def test_ticks_at_configured_rate(running):

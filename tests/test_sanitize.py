@@ -9,6 +9,7 @@ import pytest
 
 from marllb.daemon._core import lib
 from marllb.daemon.features import Features
+from marllb.daemon.policies import POLICIES, Policy, register_policy
 from marllb.daemon.sanitize import sanitize, sanitize_weights
 
 
@@ -101,3 +102,49 @@ def test_static_zero_server_gets_a_ratio():
     w = sanitize([1.0, 1.0, 1.0], f, 0.1, 10)
     assert np.all(w > 0)
     np.testing.assert_allclose(w, w[0])
+
+
+class _Asks(Policy):
+    """Asks fixed multipliers over static (set per test)."""
+
+    mode = lib.MLB_MODE_SED
+    ask = np.ones(3)
+
+    def act(self, features):
+        return np.asarray(features.static_weight) * self.ask
+
+
+def _daemon_on_sim_lb(ask):
+    from marllb.sim.lb import SimDaemon, SimLB
+
+    register_policy("_test_asks")(_Asks)
+    _Asks.ask = np.asarray(ask, dtype=float)
+    lb = SimLB(n_servers=3, n_workers=1, static_weights=[4.0, 2.0, 1.0],
+               mode=lib.MLB_MODE_SED, seed=1, publish_interval_ns=10**8)
+    d = SimDaemon(lb, "_test_asks", ttl_ns=10**10, seed=1)
+    return lb, d
+
+
+@pytest.fixture
+def asks():
+    yield _daemon_on_sim_lb
+    POLICIES.pop("_test_asks", None)
+
+
+def test_pipeline_publishes_16x_and_reports_the_bound(asks):
+    lb, d = asks([16.0, 1.0, 1.0])
+    now = 10**9
+    for k in range(3):
+        lb.timer(now + k * 10**8)
+        d.tick()
+    lb.timer(now + 4 * 10**8)               # apply msg_in
+    w = lb.weights()
+    # the 4-core server asked 16x its static: 64 vs 2 and 1 in force
+    np.testing.assert_allclose(w / w[2], [64.0, 2.0, 1.0])
+    assert d.last.clipped == 0 and d.pipeline.clipped_ticks == 0
+    _Asks.ask = np.array([1000.0, 1.0, 1.0])   # beyond w_max / w_min = 100
+    lb.timer(now + 5 * 10**8)
+    d.tick()
+    assert d.last.clipped >= 1 and d.pipeline.clipped_ticks == 1
+    m = d.last.weights / np.array([4.0, 2.0, 1.0])
+    assert m.max() / m.min() == pytest.approx(100.0)

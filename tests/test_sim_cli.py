@@ -16,8 +16,10 @@ from marllb.sim.cli import main
 from marllb.sim.scenario import ScenarioError, load_scenario, shipped_names
 from marllb.sim.traces import generate, write_trace
 
-KEYS = {"jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
-        "jain_load_over_capacity", "flows"}
+BASE_KEYS = {"jct_mean_ms", "jct_p50_ms", "jct_p90_ms", "jct_p99_ms", "rejected_frac",
+             "jain_load_over_capacity", "flows"}
+# lbsim eval adds user JCT (rejects counted, sim/scoring.py) and its 95% CI over seeds
+KEYS = BASE_KEYS | {"ujct_mean_ms", "ujct_p99_ms", "ujct_mean_ms_ci95", "ujct_p99_ms_ci95"}
 
 
 def test_shipped_scenarios_validate():
@@ -193,7 +195,7 @@ def test_dataplane_applies_an_outside_daemons_weights_and_stops_on_sigterm(tmp_p
     assert d["stopped_early"] is True
     assert d["msg_in_accepted"] > 5 and d["msg_in_rejected"] == 0
     assert d["completed"] > 0
-    assert set(d["policies"]["dataplane"]) == KEYS
+    assert set(d["policies"]["dataplane"]) == BASE_KEYS
     assert not region_exists(name) and not region_exists(f"{name}-lb1")
 
 

@@ -14,8 +14,13 @@ generator's training families, ``marllb.sim.scengen``); the numbers are in
     unit of capacity is equally loaded: the weight is ``static x m`` where the
     multiplier ``m`` is driven, in log space, towards making each server's
     recent FCT (decayed mean) equal to the cluster's weighted geometric mean:
-    ``log m += GAIN * (log d_ref - log d_i)``, then re-centred (geometric mean
-    1 over the up servers, weighted by weight) and bounded to ``[1/M_MAX, M_MAX]``.
+    ``log m = (1 - LEAK) log m + GAIN * (log d_ref - log d_i)``, then re-centred
+    (geometric mean 1 over the up servers, weighted by weight) and bounded to
+    ``[1/M_MAX, M_MAX]``.  The small LEAK is anti-windup: where weights cannot
+    equalise FCTs (an idle server with slower cores always has longer flows)
+    the multiplier settles at (GAIN / LEAK) x the log FCT gap instead of
+    drifting to the bound.  GAIN is small because FCTs lag the weights by about
+    one flow duration: 0.05 and more per 250 ms tick oscillates.
     From A58: a server's FCT is trusted only after a *blackout* (``BLACKOUT_S``
     of continuous samples, at least ``MIN_SAMPLES`` of them); it *expires*
     after ``EXPIRY_S`` without a new flow (its samples are old), and an
@@ -92,6 +97,7 @@ class WrrLatencyPolicy(_Stateful):
     EXPIRY_S: ClassVar[float] = 3.0     # no new flow this long: FCT is stale
     MIN_SAMPLES: ClassVar[int] = 8      # live FCT samples needed
     RELAX: ClassVar[float] = 0.1        # untrusted: log m shrinks by this per tick
+    LEAK: ClassVar[float] = 0.005       # trusted: log m shrinks by this per tick (anti-windup)
 
     def _on_new_table(self, n: int) -> None:
         super()._on_new_table(n)
@@ -129,6 +135,7 @@ class WrrLatencyPolicy(_Stateful):
             ref = float(np.sum(share * ld) / np.sum(share))
             logm[ok] += self.GAIN * (ref - ld)
         logm[~ok] *= 1.0 - self.RELAX
+        logm[ok] *= 1.0 - self.LEAK
         up = np.asarray(f.up)
         if up.any():
             share = _static(f)[up] * np.exp(logm[up])
