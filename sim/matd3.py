@@ -45,7 +45,7 @@ class Matd3Config:
     policy_delay: int = 2
     target_noise: float = 0.2
     noise_clip: float = 0.5
-    u_l2: float = 0.1
+    u_l2: float = 1.0
     noise_rho: float = 0.8       # AR(1) exploration noise correlation per tick
     grad_clip: float = 10.0
     buffer_ticks: int = 200_000
