@@ -89,3 +89,10 @@ def test_suite_runs_and_writes_report(tmp_path):
     assert len(c["policies"]["sed"]["ujct_mean_ms"]["values"]) == 2
     assert "| wrr_latency |" in (tmp_path / "suite.md").read_text()
     assert (tmp_path / "suite.png").stat().st_size > 0 and len(paths) == 3
+
+
+def test_shipped_tags_follow_the_files():
+    from marllb.sim.scenario import load_scenario
+
+    for name, right in suite.SHIPPED_STATIC_RIGHT.items():
+        assert suite.static_right(load_scenario(name)) == right, name
