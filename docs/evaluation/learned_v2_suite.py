@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", required=True, help="suite.json with the baselines")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--policy", action="append", required=True, help="NAME or NAME=CKPT")
+    ap.add_argument("--reuse", action="append", default=[], metavar="LABEL=REPORT:KEY",
+                    help="take policy KEY's results from another report of this script "
+                    "(same cases and runs) as LABEL instead of running it again")
+    ap.add_argument("--alias", action="append", default=[], metavar="LABEL=POLICY",
+                    help="also list POLICY's results as LABEL (e.g. qmix=matd3 when the "
+                    "shipped qmix checkpoint is the matd3 one)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--title", default="Learned policy v2 vs the baselines (issue 10)")
     a = ap.parse_args(argv)
@@ -46,9 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     mine = run_suite(cases, a.policy, jobs=a.jobs)
     rename = {"qmix": "qmix_v1", "sac_gru": "sac_gru_v1"}
     pols = [rename.get(p, p) for p in base["policies"]] + list(a.policy)
-    for bc, mc in zip(base["cases"], mine["cases"], strict=True):
+    reused = []
+    for spec in a.reuse:
+        label, _, rest = spec.partition("=")
+        path, _, key = rest.rpartition(":")
+        other = json.loads(Path(path).read_text())
+        reused.append((label, [c["policies"][key] for c in other["cases"]]))
+        pols.append(label)
+    aliases = [tuple(x.split("=", 1)) for x in a.alias]
+    pols += [lab for lab, _ in aliases]
+    for ci, (bc, mc) in enumerate(zip(base["cases"], mine["cases"], strict=True)):
         merged = {rename.get(k, k): v for k, v in bc["policies"].items()}
         merged.update(mc["policies"])
+        for label, per_case in reused:
+            merged[label] = per_case[ci]
+        for label, src in aliases:
+            merged[label] = merged[src]
         bc["policies"] = merged
         bc["verdicts"] = scoring.verdicts(merged, bc["static_right"])
     base["policies"] = pols
