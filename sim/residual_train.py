@@ -143,7 +143,8 @@ def train(algo: str, scenario: str, *, minutes: float, seed: int, out: Path,
     learner = make_learner(algo, seed)
     cmd = (f"lbsim train --net setnet --algo {algo} --scenario {scenario} --seed {seed} "
            + (f"--episodes {episodes}" if episodes else f"--minutes {minutes:g}")
-           + (f" --duration {duration:g}" if duration else "") + f" --base {base}")
+           + (f" --duration {duration:g}" if duration else "") + f" --base {base}"
+           + f" --eval-every {eval_every_s:g} --eval-seeds {eval_runs}")
     meta = meta_for(learner.kind, algo, base, learner.cfg.hidden, scenario=scenario,
                     seed=seed, command=cmd)
     zero = learner.policy_params()
