@@ -56,6 +56,8 @@ class Sanitized:
 def static_base(features: Any) -> np.ndarray:
     """Static weights, with the geometric mean of the positive ones for a 0 (or 1)."""
     s = np.asarray(features.static_weight, dtype=np.float64).reshape(-1)
+    if s.size and s.min() > 0 and s.max() < np.inf:
+        return s                              # the usual case: all positive, finite
     pos = np.isfinite(s) & (s > 0)
     fill = float(np.exp(np.mean(np.log(s[pos])))) if pos.any() else 1.0
     return np.where(pos, s, fill)
@@ -79,6 +81,19 @@ def _shift(lr: np.ndarray, lo: float, hi: float) -> float:
     return min(max(0.0, a), b) if a <= b else 0.5 * (a + b)
 
 
+def _in_bounds(w: np.ndarray, s: np.ndarray, up: np.ndarray, w_min: float,
+               w_max: float) -> Sanitized | None:
+    """The common case, cheaply: every server up and every multiplier finite and
+    within [w_min, w_max] -> published as asked.  None otherwise."""
+    if not w.size or not up.all():
+        return None
+    r = w / s
+    lo, hi = float(r.min()), float(r.max())    # NaN anywhere -> NaN -> comparisons False
+    if not (lo >= w_min and hi <= w_max):
+        return None
+    return Sanitized(weights=w.copy(), clipped=0, replaced=0, asked_ratio=hi / lo)
+
+
 def sanitize_weights(weights: Any, features: Any, w_min: float, w_max: float) -> Sanitized:
     """Normalised, ratio-bounded, finite, never-all-zero weights (see module doc)."""
     if not (np.isfinite(w_min) and np.isfinite(w_max) and 0.0 < w_min <= w_max):
@@ -87,6 +102,9 @@ def sanitize_weights(weights: Any, features: Any, w_min: float, w_max: float) ->
     w = _parse(weights, n)
     up = np.asarray(features.admin_state) == lib.MLB_ADMIN_UP
     s = static_base(features)
+    fast = _in_bounds(w, s, up, w_min, w_max)
+    if fast is not None:
+        return fast
     bad = ~np.isfinite(w)
     lo, hi = float(np.log(w_min)), float(np.log(w_max))
 

@@ -148,3 +148,18 @@ def test_pipeline_publishes_16x_and_reports_the_bound(asks):
     assert d.last.clipped >= 1 and d.pipeline.clipped_ticks == 1
     m = d.last.weights / np.array([4.0, 2.0, 1.0])
     assert m.max() / m.min() == pytest.approx(100.0)
+
+
+def test_fast_path_agrees_with_general_path():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n = int(rng.integers(2, 40))
+        static = rng.uniform(0.5, 16, n)
+        w = static * np.exp(rng.uniform(np.log(0.1), np.log(10), n))
+        fast = sanitize_weights(w, feats(static), 0.1, 10.0)       # all up, in bounds
+        admin = np.zeros(n + 1, dtype=np.uint32)
+        admin[-1] = lib.MLB_ADMIN_DRAIN                               # forces the general path
+        slow = sanitize_weights(np.r_[w, 1.0], feats(np.r_[static, 1.0], admin), 0.1, 10.0)
+        np.testing.assert_allclose(fast.weights, slow.weights[:-1], rtol=1e-9)
+        assert fast.clipped == slow.clipped == 0
+        assert fast.asked_ratio == pytest.approx(slow.asked_ratio)

@@ -121,7 +121,8 @@ class WrrLatencyPolicy(_Stateful):
         return blackout_ok & not_expired
 
     def step(self, f: Any) -> np.ndarray:
-        """Update and return the multipliers (one per server, geometric mean 1)."""
+        """Update and return the multipliers (one per server; their weight-weighted
+        geometric mean over the up servers is 1)."""
         if f.n != self.multipliers.shape[0]:
             self.reset(f.n)
         self._same_table(f)
@@ -154,7 +155,7 @@ class PrequalPolicy(_Stateful):
 
     Q_RIF: ClassVar[float] = 0.84       # hot above this quantile of recent RIFs (paper: 0.84)
     HISTORY: ClassVar[int] = 8          # ticks of RIF history pooled for the quantile
-    HOT: ClassVar[float] = 0.7          # a hot server's multiplier
+    HOT: ClassVar[float] = 0.7          # hot: this x the smallest cold multiplier
     BETA: ClassVar[float] = 1.0         # cold: multiplier (L_ref / L_i) ** BETA
     M_MAX: ClassVar[float] = 16.0
 
@@ -168,7 +169,7 @@ class PrequalPolicy(_Stateful):
         self._rif_hist = []
 
     def step(self, f: Any) -> np.ndarray:
-        """Update and return the multipliers (hot: HOT; cold: latency-ranked)."""
+        """Update and return the multipliers (cold: latency-ranked; hot: below all cold)."""
         if f.n != self.multipliers.shape[0]:
             self.reset(f.n)
         self._same_table(f)
