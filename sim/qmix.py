@@ -232,3 +232,107 @@ class QMIX:
     def policy_params(self) -> dict[str, np.ndarray]:
         """The tensors the daemon serves (the agent only)."""
         return self.agent.numpy_params()
+
+
+# ---------------------------------------------------------------------------
+# QMIX on the residual set network (v2): agents are the servers of each LB,
+# one shared SetNet scores the log-multiplier levels of ``setnet.LOG_LEVELS``
+# on top of the adaptive baseline; the mixer is monotonic over the set of
+# chosen utilities, its non-negative per-server weights from a hypernetwork on
+# the training-only global state of each server (any server count).
+
+@dataclass
+class SetQmixConfig:
+    hidden: int = 64
+    mixer_hidden: int = 64
+    lr: float = 5e-4
+    gamma: float = 0.9
+    tau: float = 0.01
+    batch: int = 128
+    grad_clip: float = 10.0
+    buffer_ticks: int = 200_000
+
+
+class SetMixer(nn.Module):
+    """Q_tot = mean_j |w(g_j, gbar)| q_j + b(gbar, gmax): monotonic in every q_j."""
+
+    def __init__(self, g_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.hw = nn.Sequential(nn.Linear(2 * g_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.hb = nn.Sequential(nn.Linear(2 * g_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, q: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """q (B, N), g (B, N, G), m (B, N) -> (B,)."""
+        from marllb.sim.setnet import masked_mean
+
+        gbar = masked_mean(g, m)
+        gmax = (g - 1e6 * (1 - m.unsqueeze(-1))).max(1).values
+        w = torch.abs(self.hw(torch.cat([g, gbar.unsqueeze(1).expand_as(g)], -1))).squeeze(-1)
+        mix = (w * q * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return mix + self.hb(torch.cat([gbar, gmax], -1)).squeeze(-1)
+
+
+class SetQmix:
+    kind = "discrete"
+
+    def __init__(self, cfg: SetQmixConfig | None = None, seed: int = 0) -> None:
+        import copy
+
+        from marllb.daemon import setnet
+        from marllb.sim.residual_env import G_DIM
+        from marllb.sim.setnet import SetNet
+
+        torch.manual_seed(seed)
+        self.cfg = c = cfg or SetQmixConfig()
+        self.K = len(setnet.LOG_LEVELS)
+        self.agent = SetNet(setnet.N_INPUTS, c.hidden, self.K, noop_bias=1e-3)
+        self.mixer = SetMixer(G_DIM, c.mixer_hidden)
+        self.t_agent, self.t_mixer = copy.deepcopy(self.agent), copy.deepcopy(self.mixer)
+        self.params = list(self.agent.parameters()) + list(self.mixer.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=c.lr)
+        self.updates = 0
+
+    def actor(self, eps: float, rng: np.random.Generator, greedy: bool = False):  # noqa: ANN201
+        """An Actor for ``residual_env.rollout``: greedy levels, epsilon-random per server."""
+        from marllb.daemon import setnet
+
+        net = setnet.NumpySetNet(self.agent.numpy_params())
+        levels = np.asarray(setnet.LOG_LEVELS)
+
+        def act(x: np.ndarray, up: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            u = setnet.log_multiplier(net.forward(x, up), "discrete")
+            a = np.searchsorted(levels, u - 1e-9)
+            if not greedy and eps > 0:
+                r = rng.random(a.shape[0]) < eps
+                a[r] = rng.integers(0, self.K, size=int(r.sum()))
+            return levels[a], a
+
+        return act
+
+    def update(self, buf: Any, rng: np.random.Generator) -> float:
+        c = self.cfg
+        b = {k: torch.from_numpy(v) for k, v in buf.sample(c.batch, rng).items()}
+        q = self.agent(b["x"], b["m"]).gather(-1, b["a"].unsqueeze(-1)).squeeze(-1)
+        qtot = self.mixer(q, b["g"], b["m"])
+        with torch.no_grad():
+            best = self.agent(b["x2"], b["m2"]).argmax(-1, keepdim=True)   # double-Q
+            q2 = self.t_agent(b["x2"], b["m2"]).gather(-1, best).squeeze(-1)
+            y = b["r"] + c.gamma * (1.0 - b["done"]) * self.t_mixer(q2, b["g2"], b["m2"])
+        loss = nn.functional.smooth_l1_loss(qtot, y)
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self.opt.step()
+        self.updates += 1
+        with torch.no_grad():
+            for net, tgt in ((self.agent, self.t_agent), (self.mixer, self.t_mixer)):
+                for p, t in zip(net.parameters(), tgt.parameters(), strict=True):
+                    t.mul_(1 - c.tau).add_(c.tau * p)
+        return float(loss.item())
+
+    def policy_params(self) -> dict[str, np.ndarray]:
+        return self.agent.numpy_params()
+
+    def load_policy_params(self, tensors: dict[str, np.ndarray]) -> None:
+        self.agent.load_numpy(tensors)
+        self.t_agent.load_state_dict(self.agent.state_dict())

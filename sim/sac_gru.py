@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,3 +174,119 @@ class SacGru:
 
     def policy_params(self) -> dict[str, np.ndarray]:
         return self.actor_net.numpy_params()
+
+
+# ---------------------------------------------------------------------------
+# Discrete SAC on the residual set network (v2): the actor is the shared
+# SetNet (logits over ``setnet.LOG_LEVELS`` on top of the adaptive baseline;
+# its no-op level wins ties, so the untrained greedy actor is the baseline);
+# twin per-server critics are set networks over the actor's input plus the
+# training-only global state, trained on the team reward.
+
+@dataclass
+class SetSacConfig:
+    hidden: int = 64
+    critic_hidden: int = 128
+    lr_actor: float = 3e-4
+    lr_critic: float = 5e-4
+    lr_alpha: float = 3e-4
+    gamma: float = 0.9
+    tau: float = 0.01
+    batch: int = 128
+    target_entropy_frac: float = 0.3
+    grad_clip: float = 10.0
+    buffer_ticks: int = 200_000
+
+
+class SetSac:
+    kind = "discrete"
+
+    def __init__(self, cfg: SetSacConfig | None = None, seed: int = 0) -> None:
+        import copy
+
+        from marllb.daemon import setnet
+        from marllb.sim.residual_env import G_DIM
+        from marllb.sim.setnet import SetNet
+
+        torch.manual_seed(seed)
+        self.cfg = c = cfg or SetSacConfig()
+        self.K = K = len(setnet.LOG_LEVELS)
+        self.actor_net = SetNet(setnet.N_INPUTS, c.hidden, K, noop_bias=1e-3)
+        cin = setnet.N_INPUTS + G_DIM
+        self.q1, self.q2 = SetNet(cin, c.critic_hidden, K), SetNet(cin, c.critic_hidden, K)
+        self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.log_alpha = torch.full((1,), math.log(0.05), requires_grad=True)
+        self.target_entropy = c.target_entropy_frac * math.log(K)
+        self.opt_actor = torch.optim.Adam(self.actor_net.parameters(), lr=c.lr_actor)
+        self.critic_params = list(self.q1.parameters()) + list(self.q2.parameters())
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=c.lr_critic)
+        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=c.lr_alpha)
+        self.updates = 0
+
+    def actor(self, eps: float, rng: np.random.Generator, greedy: bool = False):  # noqa: ANN201
+        """An Actor for ``residual_env.rollout``: sample pi (greedy: most probable)."""
+        from marllb.daemon import setnet
+
+        net = setnet.NumpySetNet(self.actor_net.numpy_params())
+        levels = np.asarray(setnet.LOG_LEVELS)
+
+        def act(x: np.ndarray, up: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            logits = net.forward(x, up).astype(np.float64)
+            if greedy:
+                u = setnet.log_multiplier(logits, "discrete")
+                a = np.searchsorted(levels, u - 1e-9)
+                return levels[a], a
+            z = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p = z / z.sum(axis=1, keepdims=True)
+            a = np.minimum((np.cumsum(p, axis=1) < rng.random((p.shape[0], 1))).sum(1),
+                           self.K - 1)
+            return levels[a], a
+
+        return act
+
+    def update(self, buf: Any, rng: np.random.Generator) -> float:
+        c = self.cfg
+        b = {k: torch.from_numpy(v) for k, v in buf.sample(c.batch, rng).items()}
+        m, m2 = b["m"], b["m2"]
+        xg, xg2 = torch.cat([b["x"], b["g"]], -1), torch.cat([b["x2"], b["g2"]], -1)
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            lp2 = torch.log_softmax(self.actor_net(b["x2"], m2), -1)
+            qt = torch.min(self.q1_t(xg2, m2), self.q2_t(xg2, m2))
+            v2 = (lp2.exp() * (qt - alpha * lp2)).sum(-1)                 # (B, N)
+            y = b["r"].unsqueeze(-1) + c.gamma * (1 - b["done"]).unsqueeze(-1) * v2
+        a = b["a"].unsqueeze(-1)
+        denom = m.sum().clamp(min=1.0)
+        q1 = self.q1(xg, m).gather(-1, a).squeeze(-1)
+        q2 = self.q2(xg, m).gather(-1, a).squeeze(-1)
+        lc = ((((q1 - y) ** 2) + ((q2 - y) ** 2)) * m).sum() / denom
+        self.opt_critic.zero_grad()
+        lc.backward()
+        nn.utils.clip_grad_norm_(self.critic_params, c.grad_clip)
+        self.opt_critic.step()
+        lp = torch.log_softmax(self.actor_net(b["x"], m), -1)
+        p = lp.exp()
+        with torch.no_grad():
+            qmin = torch.min(self.q1(xg, m), self.q2(xg, m))
+        la = ((p * (alpha * lp - qmin)).sum(-1) * m).sum() / denom
+        self.opt_actor.zero_grad()
+        la.backward()
+        nn.utils.clip_grad_norm_(self.actor_net.parameters(), c.grad_clip)
+        self.opt_actor.step()
+        ent = -((p * lp).sum(-1) * m).sum().detach() / denom
+        lalpha = self.log_alpha * (ent - self.target_entropy)
+        self.opt_alpha.zero_grad()
+        lalpha.backward()
+        self.opt_alpha.step()
+        with torch.no_grad():
+            for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
+                for pp, t in zip(net.parameters(), tgt.parameters(), strict=True):
+                    t.mul_(1 - c.tau).add_(c.tau * pp)
+        self.updates += 1
+        return float(lc.item())
+
+    def policy_params(self) -> dict[str, np.ndarray]:
+        return self.actor_net.numpy_params()
+
+    def load_policy_params(self, tensors: dict[str, np.ndarray]) -> None:
+        self.actor_net.load_numpy(tensors)

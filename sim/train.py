@@ -510,6 +510,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.resume if resume else (args.out or ""))
     if not resume and not (args.algo and args.scenario and args.out):
         return _err("--algo, --scenario and --out are required (or --resume DIR)", 2)
+    if not resume and (args.algo == "matd3" or args.net == "setnet"):
+        from marllb.sim.residual_train import cmd_train_setnet
+
+        args.minutes = minutes      # the residual set network's own trainer (no --resume)
+        return cmd_train_setnet(args)
     if resume and args.minutes is None and args.episodes is None:
         try:   # keep the run's own budget
             saved = read_progress(out)["settings"]
@@ -560,8 +565,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0] + " Writes DIR/best.safetensors "
                        "+ best.json (the best held-back checkpoint), log.csv, eval.json, "
                        "curve.png.")
-    p.add_argument("--algo", choices=sorted(LEARNERS), help="algorithm (required unless "
-                   "--resume)")
+    p.add_argument("--algo", choices=sorted({*LEARNERS, "matd3"}),
+                   help="algorithm (required unless --resume)")
+    p.add_argument("--net", choices=["gru", "setnet"], default="gru",
+                   help="gru: the v1 GRU agent on static weights; setnet: the residual set "
+                   "network on --base (matd3 always uses setnet; default gru)")
+    p.add_argument("--base", default="wrr_latency",
+                   help="setnet: the baseline the residual corrects (default wrr_latency)")
     p.add_argument("--scenario",
                    help="shipped name or TOML path; a comma-separated list trains on a mix "
                    "(required unless --resume)")

@@ -1,4 +1,8 @@
-"""Learned policies ``qmix`` and ``sac_gru``: a trained GRU agent serving weights.
+"""Learned policies v1 (``qmix_v1``, ``sac_gru_v1``): a trained GRU agent serving weights.
+
+The names ``qmix`` and ``sac_gru`` are served by ``residual.py``, which loads
+a v1 GRU checkpoint with the classes here (``V1``) and a v2 set-network one
+with its own.
 
 Both load a checkpoint (``checkpoint=PATH``; default: the one shipped in
 ``marllb/daemon/checkpoints/``), validate it, and per tick run the shared
@@ -106,15 +110,19 @@ class LearnedPolicy(Policy):
         return d
 
 
-@register_policy("qmix")
+@register_policy("qmix_v1")
 class QmixPolicy(LearnedPolicy):
     """QMIX-trained GRU agent (greedy in the per-server utilities)."""
 
     algorithm = "qmix"
 
 
-@register_policy("sac_gru")
+@register_policy("sac_gru_v1")
 class SacGruPolicy(LearnedPolicy):
     """Discrete-SAC-trained GRU actor (most probable level per server)."""
 
     algorithm = "sac_gru"
+
+
+# v1 checkpoints served under the learned names (see residual.py)
+V1: dict[str, type[LearnedPolicy]] = {"qmix": QmixPolicy, "sac_gru": SacGruPolicy}
