@@ -32,7 +32,7 @@ per server per tick, from the env's seeded RNG), or a callable
 ``f(obs, rng) -> action`` taking that LB's observation in this env's format and
 returning an action in this env's action format.
 
-Feature normalisation: the statistics shipped in the qmix checkpoint's
+Feature normalisation: the statistics shipped in the v1 qmix checkpoint (qmix_v1)'s
 metadata (``feature_stats=(mean, std)`` to use others, e.g. from
 ``marl_env.feature_stats``).
 """
@@ -57,10 +57,10 @@ OtherFn = Callable[[np.ndarray, np.random.Generator], Any]
 
 
 def shipped_feature_stats() -> tuple[np.ndarray, np.ndarray]:
-    """Feature mean/std from the shipped qmix checkpoint's metadata."""
+    """Feature mean/std from the shipped v1 qmix checkpoint (qmix_v1)."""
     from marllb.daemon import checkpoint as ckpt
 
-    _, meta_path = ckpt.paths(ckpt.shipped("qmix"))
+    _, meta_path = ckpt.paths(ckpt.shipped("qmix_v1"))
     feats = json.loads(meta_path.read_text())["features"]
     return np.asarray(feats["mean"], np.float64), np.asarray(feats["std"], np.float64)
 

@@ -209,6 +209,11 @@ def build_model(path: str | Path) -> Any:
 
     try:
         tensors, meta = ckpt.load(path)
+        if str(meta.get("arch", "")).startswith("setnet"):   # v2 residual: checked before the v1 validation
+            raise ExportError(
+                f"checkpoint {path}: the v2 residual set network (on {meta.get('base')!r}, a "
+                "stateful heuristic) has no ONNX exporter yet; v1 GRU checkpoints "
+                "(e.g. daemon/checkpoints/qmix_v1) export")
         ckpt.validate(tensors, meta, str(path))
     except ckpt.CheckpointError as e:
         raise ExportError(str(e)) from None

@@ -33,7 +33,7 @@ import numpy as np
 from marllb.daemon import setnet
 from marllb.daemon.policies.residual import ResidualPolicy
 from marllb.sim.cluster import Cluster, scenario_trace
-from marllb.sim.lb import W_MAX, W_MIN, MemRegion
+from marllb.sim.lb import W_MAX, W_MIN
 from marllb.sim.scenario import Scenario
 
 G_DIM = 3
@@ -109,7 +109,7 @@ def rollout(sc: Scenario, seed: int, actor: Actor, tensors: dict[str, np.ndarray
     ttl_ns = int(sc.ttl_ms * 1e6)
     pols: list[_Recording] = []
     pipes: list[Any] = []
-    regions: list[MemRegion] = []
+    regions: list[Any] = []
     loads: list[float] = []
     gs: list[list[np.ndarray]] = []
     limit = np.array([g.workers + g.backlog for g in sc.expanded_servers()], dtype=np.float64)
@@ -125,7 +125,7 @@ def rollout(sc: Scenario, seed: int, actor: Actor, tensors: dict[str, np.ndarray
                     slot.policy, slot.name = pol, pol.name
                     pols.append(pol)
                     pipes.append(TickPipeline(slot, (seed * 7919 + k) | 1, seed=seed * 31 + k))
-                    regions.append(MemRegion(lb.region))
+                    regions.append(lb.shm)    # the LB's Region (in memory)
             insys = np.asarray(tick.in_system, dtype=np.float64)
             cap = np.maximum(np.asarray(tick.capacity, dtype=np.float64), 1e-9)
             loads.append(float(insys.sum()) / cap_tot)

@@ -54,7 +54,7 @@ def frames() -> list[Any]:
 
 def daemon_run(algo: str, frames: list[Any]) -> list[dict[str, np.ndarray]]:
     """The daemon's own policy object over the frames: scores, hidden, action, weights."""
-    pol = make_policy(algo)
+    pol = make_policy(f"{algo}_v1")
     pol.reset(frames[0].n)
     scores: list[np.ndarray] = []
     orig = pol.scores
@@ -94,12 +94,12 @@ def onnx_run(path: Path, frames: list[Any], noop: int, hidden: int
 def test_parity_with_the_daemon_on_recorded_ticks(algo: str, frames: list[Any],
                                                   tmp_path: Path) -> None:
     out = tmp_path / f"{algo}.onnx"
-    assert main(["export", "--checkpoint", str(ckpt.shipped(algo)), "--format", "onnx",
+    assert main(["export", "--checkpoint", str(ckpt.shipped(f"{algo}_v1")), "--format", "onnx",
                  "--out", str(out)]) == 0
     model = onnx.load(str(out))
     props = {p.key: p.value for p in model.metadata_props}
     assert props["algorithm"] == algo
-    meta = json.loads(ckpt.paths(ckpt.shipped(algo))[1].read_text())
+    meta = json.loads(ckpt.paths(ckpt.shipped(f"{algo}_v1"))[1].read_text())
     levels = meta["levels"]
     assert json.loads(props["levels"]) == levels
     ref = daemon_run(algo, frames)
@@ -125,7 +125,7 @@ def test_normalisation_edge_cases(tmp_path: Path) -> None:
     from marllb.daemon.features import Features
 
     out = tmp_path / "q.onnx"
-    assert main(["export", "--checkpoint", str(ckpt.shipped("qmix")), "--out", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(ckpt.shipped("qmix_v1")), "--out", str(out)]) == 0
     n = 4
     f = Features.empty(n)
     f.server_id = np.arange(n, dtype=np.uint32)
@@ -152,7 +152,7 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such file" in err[0] and err[0].startswith("lbsim: error:")
     # a checkpoint naming a network no exporter knows
-    tp, mp = ckpt.paths(ckpt.shipped("qmix"))
+    tp, mp = ckpt.paths(ckpt.shipped("qmix_v1"))
     shutil.copy(tp, tmp_path / "odd.safetensors")
     meta = json.loads(mp.read_text())
     meta["network"] = "perm-residual"
@@ -170,7 +170,7 @@ def test_missing_onnx_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     import sys
 
     monkeypatch.setitem(sys.modules, "onnx", None)   # import onnx -> ImportError
-    rc = main(["export", "--checkpoint", str(ckpt.shipped("qmix")), "--out",
+    rc = main(["export", "--checkpoint", str(ckpt.shipped("qmix_v1")), "--out",
                str(tmp_path / "x.onnx")])
     assert rc == 69
     err = capsys.readouterr().err.strip().splitlines()
@@ -183,7 +183,7 @@ def test_parity_at_64_servers_on_random_frames(tmp_path: Path) -> None:
     from marllb.daemon.features import Features
 
     out = tmp_path / "s.onnx"
-    assert main(["export", "--checkpoint", str(ckpt.shipped("sac_gru")),
+    assert main(["export", "--checkpoint", str(ckpt.shipped("sac_gru_v1")),
                  "--out", str(out)]) == 0
     rng = np.random.default_rng(4)
     n = 64

@@ -21,7 +21,7 @@ from marllb.daemon.policies import PolicyError, make_policy
 
 @pytest.fixture
 def shipped() -> tuple[dict[str, np.ndarray], dict]:
-    return ckpt.load(ckpt.shipped("qmix"))        # an old-style pair still loads
+    return ckpt.load(ckpt.shipped("qmix_v1"))        # an old-style pair still loads
 
 
 def test_huge_file_refused_before_reading(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_non_finite_tensor_refused_naming_it(tmp_path: Path, shipped) -> None:
         with pytest.raises(ckpt.CheckpointError, match="tensor 'gru.bias_hh' has non-finite"):
             ckpt.load(p)
         with pytest.raises(PolicyError, match="gru.bias_hh"):
-            make_policy("qmix", checkpoint=str(p))
+            make_policy("qmix_v1", checkpoint=str(p))
 
 
 def test_mis_shaped_tensor_refused_naming_it(tmp_path: Path, shipped) -> None:
@@ -68,7 +68,7 @@ def test_mis_shaped_tensor_refused_naming_it(tmp_path: Path, shipped) -> None:
     t["gru.bias_ih"] = t["gru.bias_ih"][:-1]
     p = ckpt.save(tmp_path / "shape", t, meta)
     with pytest.raises(PolicyError, match=r"tensor 'gru.bias_ih' has shape \[191\]"):
-        make_policy("qmix", checkpoint=str(p))
+        make_policy("qmix_v1", checkpoint=str(p))
 
 
 def test_one_file_0640_with_embedded_metadata(tmp_path: Path, shipped) -> None:
@@ -83,7 +83,7 @@ def test_one_file_0640_with_embedded_metadata(tmp_path: Path, shipped) -> None:
     (tmp_path / "one.json").unlink()                 # the sidecar is only a copy
     t2, m2 = ckpt.load(p)
     assert m2["note"] == "one file" and set(t2) == set(tensors)
-    make_policy("qmix", checkpoint=str(p))
+    make_policy("qmix_v1", checkpoint=str(p))
     # a stale sidecar (a kill between the two renames) does not matter
     (tmp_path / "one.json").write_text(json.dumps({**meta, "note": "stale"}))
     assert ckpt.load(p)[1]["note"] == "one file"

@@ -411,7 +411,7 @@ def test_train_from_log_calibrates_trains_gates_and_stores(tmp_path: Path) -> No
     rec.close()
     out, store = tmp_path / "ft", tmp_path / "store"
     rc = main(["train", "--from-log", str(tmp_path / "log"), "--log-lbs", "2",
-               "--init", str(ckpt.shipped("qmix")), "--algo", "qmix", "--episodes", "1",
+               "--init", str(ckpt.shipped("qmix_v1")), "--algo", "qmix", "--episodes", "1",
                "--out", str(out), "--store", str(store), "--quiet"])
     rep = json.loads((out / "finetune.json").read_text())
     assert rc == (0 if rep["gate"]["passed"] else 1)

@@ -37,6 +37,7 @@ class LearnedPolicy(Policy):
     """Greedy inference of a trained agent; subclasses name the algorithm."""
 
     algorithm: ClassVar[str] = ""
+    shipped_name: ClassVar[str] = ""       # default checkpoint in daemon/checkpoints/
     mode = lib.MLB_MODE_SED
     learned = True
 
@@ -44,7 +45,8 @@ class LearnedPolicy(Policy):
         if kwargs:
             raise PolicyError(
                 f"policy {self.name!r} takes no option(s) {', '.join(sorted(kwargs))}")
-        path = str(checkpoint) if checkpoint else str(ckpt.shipped(self.algorithm))
+        path = str(checkpoint) if checkpoint else \
+            str(ckpt.shipped(self.shipped_name or self.algorithm))
         super().__init__(checkpoint=path)
         try:
             tensors, meta = ckpt.load(path)
@@ -115,6 +117,7 @@ class QmixPolicy(LearnedPolicy):
     """QMIX-trained GRU agent (greedy in the per-server utilities)."""
 
     algorithm = "qmix"
+    shipped_name = "qmix_v1"
 
 
 @register_policy("sac_gru_v1")
@@ -122,6 +125,7 @@ class SacGruPolicy(LearnedPolicy):
     """Discrete-SAC-trained GRU actor (most probable level per server)."""
 
     algorithm = "sac_gru"
+    shipped_name = "sac_gru_v1"
 
 
 # v1 checkpoints served under the learned names (see residual.py)
