@@ -209,7 +209,7 @@ def build_model(path: str | Path) -> Any:
 
     try:
         tensors, meta = ckpt.load(path)
-        if str(meta.get("arch", "")).startswith("setnet"):   # v2 residual: checked before the v1 validation
+        if str(meta.get("arch", "")).startswith("setnet"):   # v2: before the v1 checks
             raise ExportError(
                 f"checkpoint {path}: the v2 residual set network (on {meta.get('base')!r}, a "
                 "stateful heuristic) has no ONNX exporter yet; v1 GRU checkpoints "
