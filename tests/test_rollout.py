@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -274,6 +275,30 @@ def test_trajlog_survives_kill9(tmp_path: Path) -> None:
         assert sum(s.stat().st_size for s in segments(d)) <= (1 << 20) + (64 << 10)
 
 
+def _record_log(sc: Any, policy: str, path: Path, max_mb: float = 8,
+                until_s: float = 1e9) -> Any:
+    """Run ``sc`` with ``policy`` in-process and log LB 0's ticks as lbd would."""
+    from marllb.daemon.rollout import TrajectoryRecorder
+    from marllb.sim.cluster import Cluster, scenario_trace
+    from marllb.sim.lb import SimDaemon
+
+    rec = TrajectoryRecorder(str(path), max_mb=max_mb)
+    ds: list[SimDaemon] = []
+
+    def hook(t: float, now_ns: int, lbs: list) -> bool:
+        if not ds:
+            ds.extend(SimDaemon(lb, policy, ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
+        for lb, d in zip(lbs, ds, strict=True):
+            lb.timer(now_ns)
+            d.tick()
+        rec.record(ds[0].last)
+        return t < until_s
+
+    Cluster(sc, scenario_trace(sc, 0), policy).run(on_tick=hook)
+    rec.close()
+    return rec
+
+
 # -- lbd / lbctl side ---------------------------------------------------------------------------
 
 
@@ -323,26 +348,9 @@ def test_lbctl_canary_start_status_stop(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_trajectory_recorder_from_tick_records(tmp_path: Path) -> None:
-    from marllb.daemon.rollout import TrajectoryRecorder
-    from marllb.sim.cluster import Cluster, scenario_trace
-    from marllb.sim.lb import SimDaemon
     from marllb.sim.scenario import load_scenario
 
-    sc = load_scenario("small")
-    rec = TrajectoryRecorder(str(tmp_path / "traj"), max_mb=1)
-    daemons: list[SimDaemon] = []
-
-    def hook(t: float, now_ns: int, lbs: list) -> bool:
-        if not daemons:
-            daemons.extend(SimDaemon(lb, "sed", ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
-        for lb, d in zip(lbs, daemons, strict=True):
-            lb.timer(now_ns)
-            d.tick()
-        rec.record(daemons[0].last)
-        return t < 5.0
-
-    Cluster(sc, scenario_trace(sc, 0), "sed").run(on_tick=hook)
-    rec.close()
+    rec = _record_log(load_scenario("small"), "sed", tmp_path / "traj", max_mb=1, until_s=5.0)
     recs = list(read_log(tmp_path / "traj"))
     assert len(recs) >= 15 and recs[0].policy == "sed"
     assert recs[-1].obs.shape == (3, 16) and np.all(recs[-1].weights > 0)
@@ -352,30 +360,14 @@ def test_trajectory_recorder_from_tick_records(tmp_path: Path) -> None:
 def test_calibrate_finds_the_slowed_servers(tmp_path: Path) -> None:
     """A log from a cluster whose 4-core servers run at half speed (static weights do
     not know) calibrates to a scenario with those servers slow and the others nominal."""
-    from marllb.daemon.rollout import TrajectoryRecorder
     from marllb.sim.calibrate import CalibrationError, calibrate
-    from marllb.sim.cluster import Cluster, scenario_trace
-    from marllb.sim.lb import SimDaemon
     from marllb.sim.scenario import load_scenario
 
     sc = load_scenario("s1").model_copy(deep=True)
     sc.servers[1].speed = 0.5
     sc.traffic.target_load = 0.6
     sc.traffic.duration_s = 90
-    rec = TrajectoryRecorder(str(tmp_path / "log"), max_mb=8)
-    ds: list[SimDaemon] = []
-
-    def hook(t: float, now_ns: int, lbs: list) -> bool:
-        if not ds:
-            ds.extend(SimDaemon(lb, "sed", ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
-        for lb, d in zip(lbs, ds, strict=True):
-            lb.timer(now_ns)
-            d.tick()
-        rec.record(ds[0].last)
-        return True
-
-    Cluster(sc, scenario_trace(sc, 0), "sed").run(on_tick=hook)
-    rec.close()
+    _record_log(sc, "sed", tmp_path / "log")
     c = calibrate(tmp_path / "log", n_lbs=2)
     assert np.all(np.abs(c.speed[:4] - 1.0) < 0.25), c.speed
     assert np.all((c.speed[4:] > 0.3) & (c.speed[4:] < 0.7)), c.speed
@@ -387,28 +379,12 @@ def test_calibrate_finds_the_slowed_servers(tmp_path: Path) -> None:
 
 def test_train_from_log_calibrates_trains_gates_and_stores(tmp_path: Path) -> None:
     """lbsim train --from-log: calibrated scenario -> fine-tune -> gate -> a store version."""
-    from marllb.daemon.rollout import TrajectoryRecorder
     from marllb.sim.cli import main
-    from marllb.sim.cluster import Cluster, scenario_trace
-    from marllb.sim.lb import SimDaemon
     from marllb.sim.scenario import load_scenario
 
     sc = load_scenario("small").model_copy(deep=True)
     sc.traffic.duration_s = 40
-    rec = TrajectoryRecorder(str(tmp_path / "log"), max_mb=4)
-    ds: list[SimDaemon] = []
-
-    def hook(t: float, now_ns: int, lbs: list) -> bool:
-        if not ds:
-            ds.extend(SimDaemon(lb, "qmix", ttl_ns=10**9, seed=k) for k, lb in enumerate(lbs))
-        for lb, d in zip(lbs, ds, strict=True):
-            lb.timer(now_ns)
-            d.tick()
-        rec.record(ds[0].last)
-        return True
-
-    Cluster(sc, scenario_trace(sc, 0), "qmix").run(on_tick=hook)
-    rec.close()
+    _record_log(sc, "qmix_v1", tmp_path / "log", max_mb=4)
     out, store = tmp_path / "ft", tmp_path / "store"
     rc = main(["train", "--from-log", str(tmp_path / "log"), "--log-lbs", "2",
                "--init", str(ckpt.shipped("qmix_v1")), "--algo", "qmix", "--episodes", "1",
