@@ -148,6 +148,9 @@ def cmd_canary(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             print(f"no canary plan at {plan_path}")
             return 1
+        except OSError as e:
+            print(f"lbctl canary stop: {plan_path}: {e.strerror or e}")
+            return 1
         print(f"removed {plan_path}; lbd serves its configured policy after `lbctl reload`")
         return 0
     return _canary_status(plan_path, Path(args.board), args.json)
@@ -204,7 +207,8 @@ def add_canary_parser(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--store", default=DEFAULT_STORE, help="checkpoint store")
     pc.add_argument("--board", default="/var/lib/marllb/board", help="outcome board dir")
     cs = pc.add_subparsers(dest="canary_cmd", required=True, metavar="start|status|stop")
-    st = cs.add_parser("start", help="write a plan: CANDIDATE on --lbs, the rest incumbent")
+    st = cs.add_parser("start", help="write a plan: CANDIDATE on --lbs, the rest incumbent",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     st.add_argument("candidate", help="NAME@vN (must have passed the evaluation gate) or NAME")
     st.add_argument("--lbs", required=True, help="comma-separated lb ids to run the candidate")
     st.add_argument("--incumbent", required=True, help="what the other LBs keep serving")

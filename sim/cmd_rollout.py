@@ -205,6 +205,15 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     except (ScenarioError, PlanError, ValueError) as e:
         print(f"lbsim rollout: {e}", file=sys.stderr)
         return 78 if isinstance(e, ScenarioError) else 2
+    from marllb.daemon.policies import discover
+
+    known = discover()
+    for spec in (plan.candidate, plan.incumbent):
+        name = spec.partition("=")[0]
+        if name not in known:
+            print(f"lbsim rollout: unknown policy {name!r}; known: {', '.join(sorted(known))}",
+                  file=sys.stderr)
+            return 2
     res = simulate(sc, plan, seed=args.seed)
     rep = report(res, sc, plan, Path(args.out))
     for d in rep["decisions"]:
