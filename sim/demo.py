@@ -377,6 +377,9 @@ def _report(args: argparse.Namespace, sc: Any, out: Path, sampler: WeightSampler
                  "learned policy sees slightly different states and its numbers move by a "
                  "few percent between runs.  The seeds' confidence interval is the verdict.")
     line = verdict(label, base, per, live, live_base, args.seed)
+    adaptive = "wrr_latency"      # the adaptive baseline a learned policy must beat too
+    if adaptive in per and adaptive not in (base, label):
+        line += "\n" + verdict(label, adaptive, per, None, None, args.seed)
     jct_plot = plot_jct({f"lbd {label} (live)": np.load(out / "dataplane-jct.npy"),
                          **{f"{p} (simulator)": jcts[p] for p in pols}},
                         out / "jct_ccdf.png",
@@ -479,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulator seeds for the comparison and its 95%% CI (default 5)")
     ap.add_argument("--compare", action="append", default=None, metavar="HEURISTIC",
                     help="heuristic(s) to compare with; the first is the baseline "
-                    "(default: sed, lsq, ecmp)")
+                    "(default: sed, wrr_latency, lsq, ecmp)")
     ap.add_argument("--status-every", type=float, default=10.0, metavar="SEC",
                     help="wall seconds between lbctl status displays (default 10)")
     return ap
@@ -513,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (os.path.exists(args.checkpoint)
                 or os.path.exists(args.checkpoint + ".safetensors")):
             ap.error(f"--checkpoint {args.checkpoint}: no such file")
-    args.compare = args.compare or ["sed", "lsq", "ecmp"]
+    args.compare = args.compare or ["sed", "wrr_latency", "lsq", "ecmp"]
     err = _check_policies(args)
     if err:
         print(f"demo: {err}", file=sys.stderr)
