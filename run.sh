@@ -76,7 +76,7 @@ case "$cmd" in
         exit "$rc"
         ;;
     bench)
-        setup sim,train,test
+        setup sim,train,onnx,test
         abs_args "$@"
         cd "$ROOT"
         exec "$VENV/bin/python" tests/bench/run.py "${ARGS[@]}"
