@@ -48,10 +48,12 @@ setup() {
 }
 
 # ARGS: "$@" with every argument that names an existing path made absolute
-# (for the commands that must run from the repository)
+# (for the commands that must run from the repository); from the repository
+# itself nothing changes (`--only sim` or `-k sim` must stay words, not paths)
 abs_args() {
     ARGS=()
     local a
+    if [ "$PWD" = "$ROOT" ]; then ARGS=("$@"); return; fi
     for a in "$@"; do
         if [ -e "${a%%::*}" ] && [ "${a#/}" = "$a" ]; then ARGS+=("$PWD/$a"); else ARGS+=("$a"); fi
     done

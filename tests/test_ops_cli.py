@@ -139,6 +139,22 @@ def test_run_sh_keeps_the_callers_directory_and_arguments(tmp_path):
     assert lines == [str(user), "--scenario", "mysmall.toml", "--out", "here"]
 
 
+def test_run_sh_bench_group_names_stay_words_in_the_repository(tmp_path):
+    """`bash run.sh bench --only sim` from the repository: `sim` is a group, not ./sim."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "called.txt"
+    fake = venv / "bin" / "python"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = "tests/bench/run.py" ] && '
+                    f'{{ shift; printf "%s\\n" "$@" > {log}; }}\nexit 0\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", str(ROOT / "run.sh"), "bench", "--only", "sim"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env={**os.environ, "MARLLB_VENV": str(venv)})
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == ["--only", "sim"]
+
+
 def test_demo_relative_checkpoint_resolves_from_the_callers_dir(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
     r = _mod("marllb.sim.demo", "--policy", "qmix=bad", "--duration", "4", cwd=tmp_path)
