@@ -184,13 +184,14 @@ double bench_timer(mlb_dp_t *dp, mlb_region_t *r, uint32_t workers, uint32_t ser
 
 def _build():
     sys.path.insert(0, str(ROOT / "csrc"))
-    from build_ffi import CDEF_HEADERS, CFLAGS, SOURCE_DIRS, cdef_text
+    from build_ffi import C_INCLUDES, CDEF_HEADERS, CFLAGS, SOURCE_DIRS, cdef_text
     from cffi import FFI
 
     ffi = FFI()
     ffi.cdef(cdef_text(CDEF_HEADERS) + CDEF)
     sources = sorted(str(p) for d in SOURCE_DIRS for p in (ROOT / d).glob("*.c"))
-    ffi.set_source("_bench_dataplane", '#include "vpp_plugin/core/dp_core.h"\n' + SOURCE,
+    includes = "".join(f'#include "{h}"\n' for h in C_INCLUDES)   # the product's own
+    ffi.set_source("_bench_dataplane", includes + SOURCE,
                    sources=sources, include_dirs=[str(ROOT)], extra_compile_args=CFLAGS,
                    libraries=["m"])
     so = ffi.compile(tmpdir=tempfile.mkdtemp(prefix="bench-dataplane-"))

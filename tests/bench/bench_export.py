@@ -75,7 +75,7 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
     from marllb.daemon.features import observation_matrix
     from marllb.daemon.policies import make_policy
 
-    path = str(ckpt.shipped("qmix"))
+    path = str(ckpt.shipped("qmix_v1"))
     out = Path(tempfile.mkdtemp(prefix="bench-export-")) / "qmix.onnx"
     export(path, out)
     frames = _frames(np.random.default_rng(0))
@@ -87,7 +87,7 @@ def run(progress) -> dict[str, float]:  # noqa: ANN001
     progress("onnxruntime vs numpy, 64 servers")
     o50, o99, n50, n99, diffs = [], [], [], [], []
     for _ in range(REPEATS):
-        pol = make_policy("qmix", checkpoint=path)
+        pol = make_policy("qmix_v1", checkpoint=path)
         pol.reset(N)
         h = np.zeros((N, pol.net.hidden), np.float32)
         prev = np.full(N, pol.noop, np.int64)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from marllb.daemon.fsutil import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -54,10 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, object] = {}
     rows = []
+    failed = []
     for g in wanted:
         t0 = time.perf_counter()
         print(f"[{g}] running ...", file=sys.stderr, flush=True)
-        figs = groups[g].run(lambda msg, g=g: print(f"[{g}] {msg}", file=sys.stderr, flush=True))
+        try:
+            figs = groups[g].run(lambda msg, g=g: print(f"[{g}] {msg}", file=sys.stderr,
+                                                        flush=True))
+        except Exception as e:  # noqa: BLE001 - one broken group must not lose the others
+            print(f"[{g}] FAILED: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            failed.append(g)
+            continue
         print(f"[{g}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         for k, v in figs.items():
             results[k] = v
@@ -69,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         results["_machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    if failed:
+        print(f"run.py: group(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
