@@ -119,15 +119,21 @@ def test_run_sh_help_exits_0():
 
 # -- paths -----------------------------------------------------------------------------------
 
-def test_run_sh_keeps_the_callers_directory_and_arguments(tmp_path):
-    """`bash run.sh demo --scenario mysmall.toml` must see mysmall.toml where the user is."""
+def _fake_venv(tmp_path, line: str):
+    """A venv whose python runs one shell ``line`` (recording what run.sh passed) and exits 0."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    log = tmp_path / "called.txt"
     fake = venv / "bin" / "python"
-    fake.write_text(f'#!/bin/sh\n[ "$1" = "-m" ] && [ "$2" = "marllb.sim.demo" ] && '
-                    f'{{ pwd > {log}; shift 2; printf "%s\\n" "$@" >> {log}; }}\nexit 0\n')
+    fake.write_text(f"#!/bin/sh\n{line}\nexit 0\n")
     fake.chmod(0o755)
+    return venv
+
+
+def test_run_sh_keeps_the_callers_directory_and_arguments(tmp_path):
+    """`bash run.sh demo --scenario mysmall.toml` must see mysmall.toml where the user is."""
+    log = tmp_path / "called.txt"
+    venv = _fake_venv(tmp_path, f'[ "$1" = "-m" ] && [ "$2" = "marllb.sim.demo" ] && '
+                      f'{{ pwd > {log}; shift 2; printf "%s\\n" "$@" >> {log}; }}')
     user = tmp_path / "user"
     user.mkdir()
     (user / "mysmall.toml").write_text("")
@@ -141,13 +147,9 @@ def test_run_sh_keeps_the_callers_directory_and_arguments(tmp_path):
 
 def test_run_sh_bench_group_names_stay_words_in_the_repository(tmp_path):
     """`bash run.sh bench --only sim` from the repository: `sim` is a group, not ./sim."""
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
     log = tmp_path / "called.txt"
-    fake = venv / "bin" / "python"
-    fake.write_text(f'#!/bin/sh\n[ "$1" = "tests/bench/run.py" ] && '
-                    f'{{ shift; printf "%s\\n" "$@" > {log}; }}\nexit 0\n')
-    fake.chmod(0o755)
+    venv = _fake_venv(tmp_path, f'[ "$1" = "tests/bench/run.py" ] && '
+                      f'{{ shift; printf "%s\\n" "$@" > {log}; }}')
     r = subprocess.run(["bash", str(ROOT / "run.sh"), "bench", "--only", "sim"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT,
                        env={**os.environ, "MARLLB_VENV": str(venv)})
