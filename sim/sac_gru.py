@@ -29,6 +29,30 @@ from marllb.sim.qmix import Agent, Replay, nstep_targets
 __all__ = ["Replay", "SacConfig", "SacGru"]
 
 
+def actor_temperature_targets(agent: Any, p: torch.Tensor, logp: torch.Tensor,
+                              qmin: torch.Tensor, m: torch.Tensor, denom: torch.Tensor,
+                              alpha: torch.Tensor) -> None:
+    """The discrete-SAC steps after the critics, shared by both learners: the actor
+    towards the soft-min Q, the temperature towards the target entropy, then the
+    critics' Polyak-averaged targets (``agent`` has cfg, the nets and optimisers)."""
+    c = agent.cfg
+    la = ((p * (alpha * logp - qmin)).sum(-1) * m).sum() / denom
+    agent.opt_actor.zero_grad()
+    la.backward()
+    nn.utils.clip_grad_norm_(agent.actor_net.parameters(), c.grad_clip)
+    agent.opt_actor.step()
+    ent = -((p * logp).sum(-1) * m).sum().detach() / denom
+    lalpha = agent.log_alpha * (ent - agent.target_entropy)
+    agent.opt_alpha.zero_grad()
+    lalpha.backward()
+    agent.opt_alpha.step()
+    with torch.no_grad():
+        for net, tgt in ((agent.q1, agent.q1_t), (agent.q2, agent.q2_t)):
+            for w, t in zip(net.parameters(), tgt.parameters(), strict=True):
+                t.mul_(1 - c.tau).add_(c.tau * w)
+    agent.updates += 1
+
+
 @dataclass
 class SacConfig:
     hidden: int = 64
@@ -146,25 +170,7 @@ class SacGru:
         # ---- actor
         with torch.no_grad():
             qmin = torch.min(self.q1(xw, sw), self.q2(xw, sw))
-        pw, lpw = p[: c.window], logp[: c.window]
-        la = ((pw * (alpha * lpw - qmin)).sum(-1) * m).sum() / denom
-        self.opt_actor.zero_grad()
-        la.backward()
-        nn.utils.clip_grad_norm_(self.actor_net.parameters(), c.grad_clip)
-        self.opt_actor.step()
-
-        # ---- temperature
-        ent = -((pw * lpw).sum(-1) * m).sum().detach() / denom
-        lalpha = self.log_alpha * (ent - self.target_entropy)
-        self.opt_alpha.zero_grad()
-        lalpha.backward()
-        self.opt_alpha.step()
-
-        with torch.no_grad():
-            for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-                for a, t in zip(net.parameters(), tgt.parameters(), strict=True):
-                    t.mul_(1 - c.tau).add_(c.tau * a)
-        self.updates += 1
+        actor_temperature_targets(self, p[: c.window], logp[: c.window], qmin, m, denom, alpha)
         return float(lc.item())
 
     def load_policy_params(self, tensors: dict[str, np.ndarray]) -> None:
@@ -268,21 +274,7 @@ class SetSac:
         p = lp.exp()
         with torch.no_grad():
             qmin = torch.min(self.q1(xg, m), self.q2(xg, m))
-        la = ((p * (alpha * lp - qmin)).sum(-1) * m).sum() / denom
-        self.opt_actor.zero_grad()
-        la.backward()
-        nn.utils.clip_grad_norm_(self.actor_net.parameters(), c.grad_clip)
-        self.opt_actor.step()
-        ent = -((p * lp).sum(-1) * m).sum().detach() / denom
-        lalpha = self.log_alpha * (ent - self.target_entropy)
-        self.opt_alpha.zero_grad()
-        lalpha.backward()
-        self.opt_alpha.step()
-        with torch.no_grad():
-            for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-                for pp, t in zip(net.parameters(), tgt.parameters(), strict=True):
-                    t.mul_(1 - c.tau).add_(c.tau * pp)
-        self.updates += 1
+        actor_temperature_targets(self, p, lp, qmin, m, denom, alpha)
         return float(lc.item())
 
     def policy_params(self) -> dict[str, np.ndarray]:
