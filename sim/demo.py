@@ -258,19 +258,14 @@ def plot_weights(samples: list[dict[str, Any]], speed: float, caps: list[float],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from marllb.sim.evaluate import server_panels
+
     n = max((len(s["in_force"]) for s in samples), default=0)
     if n == 0:
         return None
     lbs = sorted({s["lb"] for s in samples})
-    cols = 2 if n > 3 else 1
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(8, 1.5 * rows + 0.8), sharex=True,
-                             sharey=True, squeeze=False)
-    for j in range(rows * cols):
-        ax = axes[j // cols][j % cols]
-        if j >= n:
-            ax.axis("off")
-            continue
+    fig, panels = server_panels(plt, n, row_h=1.5, head=0.8)
+    for j, ax in enumerate(panels):
         for lb in lbs:
             pts = [(s["wall_s"] * speed, s["in_force"][j]) for s in samples
                    if s["lb"] == lb and len(s["in_force"]) > j]
@@ -282,7 +277,7 @@ def plot_weights(samples: list[dict[str, Any]], speed: float, caps: list[float],
         ax.set_title(f"server {j}{cap}", fontsize=8, loc="left")
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+    panels[0].legend(fontsize=7)
     fig.supxlabel("simulated time (s)", fontsize=9)
     fig.supylabel("weight in force", fontsize=9)
     fig.suptitle(title, fontsize=10)

@@ -166,15 +166,8 @@ def plot(results: dict[str, SimResult], out: Path) -> list[Path]:
             ("weights", r.tick_weights, "weight in force (LB 0)"),
         ):
             n = data.shape[1] if data.size else 0
-            cols = 2 if n > 3 else 1
-            rows = max(1, math.ceil(n / cols))
-            fig, axes = plt.subplots(rows, cols, figsize=(8, 1.4 * rows + 0.9), sharex=True,
-                                     sharey=True, squeeze=False)
-            for k in range(rows * cols):
-                ax = axes[k // cols][k % cols]
-                if k >= n:
-                    ax.axis("off")
-                    continue
+            fig, panels = server_panels(plt, n, row_h=1.4, head=0.9)
+            for k, ax in enumerate(panels):
                 ax.plot(r.tick_t, data[:, k], lw=0.9, drawstyle="steps-post")
                 ax.set_ylim(bottom=0)   # proportions between servers read true
                 ax.set_title(f"server {k}", fontsize=8, loc="left")
@@ -187,6 +180,19 @@ def plot(results: dict[str, SimResult], out: Path) -> list[Path]:
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in pol)
             written.append(save(fig, out / f"{what}_{safe}.png"))
     return written
+
+
+def server_panels(plt: Any, n: int, row_h: float, head: float) -> tuple[Any, list[Any]]:
+    """One small panel per server (two columns past three servers), shared axes; the
+    spare panel of an odd grid is turned off.  Returns the figure and the n panels."""
+    cols = 2 if n > 3 else 1
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(8, row_h * rows + head), sharex=True,
+                             sharey=True, squeeze=False)
+    flat = [axes[k // cols][k % cols] for k in range(rows * cols)]
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
 
 
 def write_report(out: Path, scenario: str, trace: str | None,
