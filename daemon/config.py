@@ -45,7 +45,8 @@ MAX_STALE_MS = 3_600_000.0
 # sockaddr_un.sun_path holds 108 bytes, NUL included
 MAX_SOCKET_PATH = 107
 
-HEURISTIC_NAMES = ("static", "ecmp", "wcmp", "sed", "lsq")
+# fallbacks need no checkpoint and cannot fail to load (the adaptive ones keep state only)
+HEURISTIC_NAMES = ("static", "ecmp", "wcmp", "sed", "lsq", "p2c", "wrr_latency", "prequal")
 SYSTEM_SOCKET = "/run/marllb/lbd.sock"
 
 
@@ -163,6 +164,7 @@ class Config(BaseModel):
         from marllb.daemon.policies import discover
 
         known = discover()
+        name = v
         if "@" in v:   # NAME@VERSION from the checkpoint store (resolved and verified on load)
             from marllb.daemon.versions import VersionError, parse_ref
 
@@ -170,12 +172,9 @@ class Config(BaseModel):
                 v = str(parse_ref(v))
             except VersionError as e:
                 raise ValueError(str(e)) from None
-            if v.partition("@")[0] not in known:
-                raise ValueError(f"unknown policy {v.partition('@')[0]!r}; known: "
-                                 f"{', '.join(sorted(known))}")
-            return v
-        if v not in known:
-            raise ValueError(f"unknown policy {v!r}; known: {', '.join(sorted(known))}")
+            name = v.partition("@")[0]
+        if name not in known:
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(known))}")
         return v
 
     @field_validator("fallback_policy")
